@@ -1,0 +1,273 @@
+"""The node's configuration: one typed object, loaded once at start and passed down.
+
+``load_config`` reads ``config.yaml`` (or ``--config PATH`` / ``$DICOM_NODE_CONFIG``), validates
+every key and raises ``ConfigError`` with messages that name the key, the bad value and the fix.
+Nothing here is read at import time and nothing reloads on its own.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_VAR = "DICOM_NODE_CONFIG"
+DEFAULT_CONFIG = Path("config.yaml")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+ObjectType = Literal["seg", "sr", "sc", "kos"]
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which key and how to fix it."""
+
+
+def _check_ae_title(value: str) -> str:
+    # PS3.8 9.3.1: 1-16 characters of the default character repertoire, no backslash or control
+    # characters, not all spaces. Leading/trailing spaces are not significant.
+    stripped = value.strip()
+    if not stripped or len(value) > 16:
+        raise ValueError(f"must be 1 to 16 characters; got {value!r}")
+    if "\\" in value or any(ord(c) < 32 or ord(c) > 126 for c in value):
+        raise ValueError(f"must be printable ASCII without backslash; got {value!r}")
+    return stripped
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeConfig(_Strict):
+    ae_title: str = "DURAL_AI"
+    bind: str = "0.0.0.0"
+    port: Port = 11112
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    data_dir: Path = Path("var")
+    min_free_disk_gb: float = Field(default=2.0, ge=0)
+    max_associations: int = Field(default=16, ge=1, le=1000)
+    acse_timeout_s: float = Field(default=30, gt=0)
+    dimse_timeout_s: float = Field(default=60, gt=0)
+    network_timeout_s: float = Field(default=60, gt=0)
+
+    _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _aets(cls, value: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in value]
+
+
+class TextRules(_Strict):
+    """Regular expressions (Python ``re``, searched, case-insensitive) per header field."""
+
+    series_description: list[str] = Field(default_factory=list)
+    study_description: list[str] = Field(default_factory=list)
+    body_part_examined: list[str] = Field(default_factory=list)
+
+    @field_validator("series_description", "study_description", "body_part_examined")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"must be a valid regular expression; got {pattern!r} ({exc})")
+        return patterns
+
+
+class SeriesConfig(_Strict):
+    quiet_seconds: float = Field(default=5, gt=0)
+    min_slices: int = Field(default=10, ge=1)
+    max_axial_angle_deg: float = Field(default=30, ge=0, le=90)
+    spacing_tolerance_mm: float = Field(default=0.1, gt=0)
+    #: A series only counts as included when it matches every non-empty include list.
+    include: TextRules = TextRules()
+    #: Scouts, dose reports and bone/lung kernels carry no brain window worth segmenting.
+    exclude: TextRules = TextRules(
+        series_description=[r"scout|topogram|localizer|surview|dose|report|mip"],
+    )
+
+
+class Destination(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: str
+    host: str
+    port: Port
+    send: list[ObjectType] = Field(default_factory=lambda: ["seg", "sr", "sc", "kos"])
+    #: Transfer syntax UID to send in; the file's own syntax is always offered too.
+    transfer_syntax: str = "1.2.840.10008.1.2.1"
+    max_attempts: int = Field(default=8, ge=1)
+    backoff_base_s: float = Field(default=5, gt=0)
+    backoff_max_s: float = Field(default=600, gt=0)
+    timeout_s: float = Field(default=30, gt=0)
+
+    _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
+
+    @field_validator("transfer_syntax")
+    @classmethod
+    def _known_syntax(cls, value: str) -> str:
+        from pydicom.uid import UID
+
+        if not UID(value).is_transfer_syntax:
+            raise ValueError(f"must be a transfer syntax UID such as 1.2.840.10008.1.2.1; got {value!r}")
+        return value
+
+
+class QueueConfig(_Strict):
+    broker_url: str = "embedded"
+    #: Above the worst case of waiting in the batch lane plus a run, so that Redis does not
+    #: hand an unacknowledged task to a second worker while the first is still busy.
+    visibility_timeout_s: int = Field(default=4 * 3600, ge=60)
+    soft_time_limit_s: int = Field(default=600, ge=1)
+    time_limit_s: int = Field(default=900, ge=1)
+    max_submissions: int = Field(default=3, ge=1)
+    #: A running job whose worker heartbeat is older than this is treated as lost.
+    heartbeat_timeout_s: float = Field(default=60, gt=0)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value != "embedded" and not re.match(r"^rediss?://", value):
+            raise ValueError(f"must be 'embedded' or a redis:// URL; got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _limits(self) -> "QueueConfig":
+        if self.soft_time_limit_s >= self.time_limit_s:
+            raise ValueError(
+                f"queue.soft_time_limit_s must be below queue.time_limit_s; got "
+                f"{self.soft_time_limit_s} >= {self.time_limit_s}"
+            )
+        if self.visibility_timeout_s <= self.time_limit_s:
+            raise ValueError("queue.visibility_timeout_s must exceed queue.time_limit_s")
+        return self
+
+
+class ModelConfig(_Strict):
+    #: None: the shipped weights in segmenter/weights/.
+    weights: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(default=2, ge=1)
+
+
+class HttpConfig(_Strict):
+    bind: str = "127.0.0.1"
+    port: Port = 8080
+    enabled: bool = True
+
+
+class LoggingConfig(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Strict):
+    node: NodeConfig = NodeConfig()
+    series: SeriesConfig = SeriesConfig()
+    destinations: list[Destination] = Field(default_factory=list)
+    queue: QueueConfig = QueueConfig()
+    model: ModelConfig = ModelConfig()
+    http: HttpConfig = HttpConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Config":
+        names = [d.name for d in self.destinations]
+        for name in {n for n in names if names.count(n) > 1}:
+            raise ValueError(f"destinations: name {name!r} is used twice; give each destination its own name")
+        aets = [d.ae_title for d in self.destinations]
+        for aet in {a for a in aets if aets.count(a) > 1}:
+            raise ValueError(f"destinations: AE title {aet!r} is used twice; each peer needs its own AE title")
+        if self.node.ae_title in aets:
+            raise ValueError(
+                f"destinations: AE title {self.node.ae_title!r} is the node's own node.ae_title; "
+                "results would be sent to ourselves"
+            )
+        return self
+
+    def destination(self, name: str) -> Destination:
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        known = ", ".join(d.name for d in self.destinations) or "none configured"
+        raise ConfigError(f"destination must be one of the names under destinations:; got {name!r} ({known})")
+
+    @property
+    def data_dir(self) -> Path:
+        return self.node.data_dir
+
+
+def _format(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration:"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key; remove it or check its spelling")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key}: {message} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _check_data_dir(cfg: Config, source: str) -> None:
+    path = cfg.data_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{source}: node.data_dir: cannot create {path} ({exc.strerror}); choose a writable folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{source}: node.data_dir: {path} is not writable by this user; fix its permissions")
+    free_gb = shutil.disk_usage(path).free / 1e9
+    if free_gb < 0:  # pragma: no cover - disk_usage never reports negative space
+        raise ConfigError(f"{source}: node.data_dir: cannot read free space of {path}")
+
+
+def parse_config(data: dict | None, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Validate a mapping as read from YAML; relative paths are taken from ``base_dir``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: must hold a mapping of sections (node:, series:, ...); got {type(data).__name__}")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, source)) from None
+    if base_dir is not None:
+        node = cfg.node.model_copy(update={"data_dir": (base_dir / cfg.node.data_dir)})
+        weights = cfg.model.weights
+        model = cfg.model.model_copy(update={"weights": base_dir / weights if weights else None})
+        cfg = cfg.model_copy(update={"node": node, "model": model})
+    _check_data_dir(cfg, source)
+    return cfg
+
+
+def resolve_config_path(path: str | Path | None = None) -> Path | None:
+    """``--config`` wins over ``$DICOM_NODE_CONFIG``, which wins over ``./config.yaml``."""
+    if path:
+        return Path(path)
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR])
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load and validate the configuration; embedded defaults when no file is found.
+
+    Relative paths in the file (``node.data_dir``, ``model.weights``) are relative to the file's
+    folder, so the node behaves the same whatever its working directory.
+    """
+    resolved = resolve_config_path(path)
+    if resolved is None:
+        return parse_config({}, "<embedded defaults>", Path.cwd())
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{resolved}: cannot read the configuration file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{resolved}: not valid YAML: {exc}") from None
+    return parse_config(data, str(resolved), resolved.resolve().parent)
