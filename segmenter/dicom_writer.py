@@ -21,6 +21,8 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
     PYDICOM_IMPLEMENTATION_UID,
     generate_uid,
 )
@@ -180,6 +182,9 @@ def write_ct_series(
         raise ValueError(f"volume_hu must be 3-D (z, y, x); got shape {volume.shape}")
     n_slices, rows, cols = volume.shape
     dz, dy, dx = (float(v) for v in spacing_mm)
+    if UID(transfer_syntax) in (JPEG2000, JPEG2000Lossless) and min(rows, cols) < 32:
+        # openjpeg always uses 6 wavelet resolution levels, which need 32 pixels per side.
+        raise ValueError(f"JPEG 2000 needs at least 32 rows and columns; got {rows}x{cols}")
     intercept = float(rescale_intercept if rescale_intercept is not None else (0 if signed else -1024))
     stored = _stored_values(volume, signed, bits_stored, intercept)
     if pixel_padding_value is not None and padding_mask is not None:
