@@ -19,13 +19,13 @@ held-out set can use another seed and wider ranges (``PhantomRanges.evaluation()
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from .cases import Case
 from .findings import EDH, SDH
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,14 @@ class Phantom:
     @property
     def patient_id(self) -> str:
         return self.case_id
+
+    @property
+    def slice_mask(self) -> None:
+        return None
+
+    def as_case(self) -> Case:
+        """The phantom as a ``segmenter.cases.Case`` (one patient per phantom)."""
+        return Case(self.case_id, self.patient_id, self.hu, self.labels, self.spacing_mm)
 
 
 def _u(rng: np.random.Generator, r: Range) -> float:
@@ -281,3 +289,25 @@ def _add_calcifications(rng: np.random.Generator, hu: np.ndarray, X: np.ndarray,
         m = (bdepth - inner > 0) & (bdepth - inner < 1.5) & (np.abs(X - rng.uniform(-40, 40)) < 4) & (np.abs(Z - 30) < 4)
         hu[m] = rng.uniform(150.0, 400.0)
     meta["calcifications"] = n
+
+
+def phantom_seed(seed: int, index: int) -> int:
+    """Seed of phantom ``index`` of a set generated with ``seed`` (sets never overlap)."""
+    return seed * 1_000_003 + index
+
+
+def _one(args: tuple[int, int, PhantomRanges | None, str | None]) -> Phantom:
+    seed, index, ranges, kind = args
+    return make_phantom(phantom_seed(seed, index), kind, ranges, case_id=f"synth-s{seed}-{index:05d}")
+
+
+def make_phantoms(count: int, seed: int, ranges: PhantomRanges | None = None,
+                  kinds: Sequence[str] | None = None, workers: int = 1) -> list[Phantom]:
+    """Generate ``count`` phantoms; ``kinds`` (cycled) fixes the kind of each, else drawn."""
+    jobs = [(seed, i, ranges, kinds[i % len(kinds)] if kinds else None) for i in range(count)]
+    if workers <= 1:
+        return [_one(j) for j in jobs]
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(workers) as pool:
+        return pool.map(_one, jobs, chunksize=1)

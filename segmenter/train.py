@@ -1,0 +1,240 @@
+"""Training loop for the CSR-UNet: checkpoints every epoch, resume, validation, metrics JSON.
+
+Determinism: the model is initialised from ``seed``, and every epoch reseeds torch and numpy
+from ``(seed, epoch)``, so a run resumed from the checkpoint of epoch ``k`` continues exactly
+as the uninterrupted run would have (same thread count assumed).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .csr_unet import CSRUNet, CSRUNetConfig
+from .data import SamplerConfig, SliceBank, build_bank, patient_split, sample_batch
+from .preprocess import to_channels
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (saved in every checkpoint)."""
+
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    count: int = 200
+    seed: int = 0
+    val_fraction: float = 0.1
+    val_cases: int = 10
+    epochs: int = 20
+    iters_per_epoch: int = 200
+    batch: int = 12
+    lr: float = 1e-3
+    lr_min: float = 1e-5
+    dice_weight: float = 1.0
+    workers: int = 1
+    threads: int | None = None
+    device: str | None = None
+    model: CSRUNetConfig = field(default_factory=CSRUNetConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+
+def load_training_cases(cfg: TrainConfig) -> list[Any]:
+    """Cases for the configured dataset (synthetic phantoms, CT-ICH, or DICOM+NIfTI pairs)."""
+    if cfg.dataset == "synthetic":
+        from .synthetic import PhantomRanges, make_phantoms
+
+        return make_phantoms(cfg.count, cfg.seed, PhantomRanges.training(), workers=cfg.workers)
+    if cfg.data_root is None:
+        raise ValueError(f"--data-root must be given for dataset {cfg.dataset!r}")
+    from . import realdata
+
+    if cfg.dataset == "ctich":
+        cases, stats = realdata.load_ctich(cfg.data_root)
+        logger.info("CT-ICH: %s", stats)
+        return cases
+    if cfg.dataset == "dicom-nifti":
+        return realdata.load_dicom_nifti(cfg.data_root)
+    raise ValueError(f"dataset must be synthetic, ctich or dicom-nifti; got {cfg.dataset!r}")
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
+    """Cross-entropy plus soft Dice over the batch on the bleed classes (labels 1..C-1)."""
+    ce = F.cross_entropy(logits, target)
+    probs = logits.float().softmax(1)[:, 1:]
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
+    inter = (probs * onehot).sum((0, 2, 3))
+    denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    dice = (2 * inter + 1.0) / (denom + 1.0)
+    return ce + dice_weight * (1.0 - dice.mean())
+
+
+@torch.inference_mode()
+def validate(model: CSRUNet, bank: SliceBank, mcfg: CSRUNetConfig, device: torch.device) -> dict[str, float]:
+    """Per-case 3D Dice per class at model scale, averaged over cases that contain the class."""
+    model.eval()
+    dices: dict[int, list[float]] = {1: [], 2: []}
+    for case in np.unique(bank.case_of):
+        idx = np.flatnonzero(bank.case_of == case)
+        hu = bank.hu[idx].float()
+        x = to_channels(hu, mcfg.windows, mcfg.context_slices)
+        pred = torch.cat([model(x[i:i + 8].to(device)).argmax(1).cpu() for i in range(0, len(idx), 8)])
+        truth = bank.labels[idx].long()
+        for c in (1, 2):
+            t, p = truth == c, pred == c
+            if t.any():
+                dices[c].append(float(2 * (t & p).sum() / (t.sum() + p.sum())))
+    model.train()
+    return {f"val_dice_{n}": float(np.mean(dices[c])) if dices[c] else float("nan")
+            for c, n in ((1, "sdh"), (2, "edh"))}
+
+
+def _save(path: Path, **payload: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
+          cases: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Train, writing ``last.pt``, ``best.pt`` and ``metrics.json`` into ``out_dir`` every epoch.
+
+    Parameters
+    ----------
+    cfg:
+        The run configuration.
+    out_dir:
+        Output folder (created).
+    resume:
+        Continue from ``out_dir/last.pt`` when it exists.
+    cases:
+        Cases to use instead of loading ``cfg.dataset`` (tests).
+
+    Returns
+    -------
+    dict
+        The metrics history and the best epoch.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(cfg.seed)
+    model = CSRUNet.from_config(cfg.model).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    history: list[dict[str, Any]] = []
+    start, best = 0, -1.0
+    if resume and (out / "last.pt").exists():
+        ckpt = torch.load(out / "last.pt", map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
+        logger.info("resumed from epoch %d", ckpt["epoch"])
+    t0 = time.time()
+    all_cases = list(cases) if cases is not None else load_training_cases(cfg)
+    train_cases, val_cases = patient_split(all_cases, cfg.val_fraction, cfg.seed)
+    bank = build_bank(train_cases, cfg.model.input_size)
+    val_bank = build_bank(val_cases[: cfg.val_cases], cfg.model.input_size) if val_cases else None
+    del all_cases, train_cases, val_cases
+    logger.info("data ready in %.0f s: %d train slices (%d with bleed)", time.time() - t0,
+                len(bank.hu), int(bank.positive.sum()))
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    total = cfg.epochs * cfg.iters_per_epoch
+    for epoch in range(start, cfg.epochs):
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        rng = np.random.default_rng([cfg.seed, epoch])
+        model.train()
+        losses = []
+        bar = tqdm(range(cfg.iters_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", mininterval=5.0)
+        for it in bar:
+            step = epoch * cfg.iters_per_epoch + it
+            lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * step / total))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x, y = sample_batch(bank, cfg.batch, rng, cfg.model.windows, cfg.model.context_slices, cfg.sampler)
+            x, y = x.to(device), y.to(device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                loss = segmentation_loss(model(x), y, cfg.dice_weight)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{lr:.1e}")
+        metrics: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": lr,
+                                   "elapsed_s": round(time.time() - t0, 1)}
+        if val_bank is not None:
+            metrics.update(validate(model, val_bank, cfg.model, device))
+        score = float(np.nanmean([metrics.get("val_dice_sdh", np.nan), metrics.get("val_dice_edh", np.nan)])) \
+            if val_bank is not None else -metrics["loss"]
+        history.append(metrics)
+        logger.info("epoch %d: %s", epoch, json.dumps(metrics))
+        state = {"model": model.state_dict(), "config": cfg.model.to_dict(), "train_args": cfg.to_dict(),
+                 "epoch": epoch, "history": history}
+        if score > best:
+            best = score
+            _save(out / "best.pt", **state, best=best)
+        _save(out / "last.pt", **state, optimizer=opt.state_dict(), best=best)
+        (out / "metrics.json").write_text(json.dumps({"config": cfg.to_dict(), "history": history,
+                                                      "best_score": best}, indent=2) + "\n")
+    return {"history": history, "best_score": best}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m segmenter train``: parse arguments, set up logging to ``--out``, train."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m segmenter train", description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=["synthetic", "ctich", "dicom-nifti"], default="synthetic")
+    p.add_argument("--data-root")
+    p.add_argument("--count", type=int, default=200, help="synthetic cases to generate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--iters", type=int, default=200, help="iterations per epoch")
+    p.add_argument("--batch", type=int, default=12)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--base-width", type=int, default=16)
+    p.add_argument("--input-size", type=int, default=256)
+    p.add_argument("--windows", default="brain,subdural")
+    p.add_argument("--context-slices", type=int, default=0)
+    p.add_argument("--skip-attention", action="store_true")
+    p.add_argument("--val-cases", type=int, default=10)
+    p.add_argument("--workers", type=int, default=1, help="processes generating phantoms")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--device")
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=[logging.FileHandler(out / "train.log"), logging.StreamHandler(sys.stderr)])
+    model = CSRUNetConfig(base_width=a.base_width, input_size=a.input_size, windows=tuple(a.windows.split(",")),
+                          context_slices=a.context_slices, skip_attention=a.skip_attention)
+    cfg = TrainConfig(dataset=a.dataset, data_root=a.data_root, count=a.count, seed=a.seed, epochs=a.epochs,
+                      iters_per_epoch=a.iters, batch=a.batch, lr=a.lr, val_cases=a.val_cases,
+                      workers=a.workers, threads=a.threads, device=a.device, model=model,
+                      sampler=SamplerConfig(crop=a.crop))
+    logger.info("command: python -m segmenter train %s", " ".join(argv if argv is not None else sys.argv[1:]))
+    result = train(cfg, out, resume=a.resume)
+    logger.info("done: best score %.4f", result["best_score"])
+    return 0
