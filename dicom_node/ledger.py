@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL, destination TEXT NOT NULL,
     state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL,
     last_error TEXT, updated_at REAL NOT NULL, UNIQUE(job_id, destination));
+CREATE TABLE IF NOT EXISTS instance_headers (
+    sop_uid TEXT PRIMARY KEY, read_at REAL NOT NULL, error TEXT, summary_json TEXT NOT NULL);
 """
 
 
@@ -270,9 +272,11 @@ class Ledger:
     def transition(self, job_id: int, state: JobState, *, reason: str | None = None,
                    fail_stage: FailStage | None = None, detail: str | None = None,
                    result: dict[str, Any] | None = None, expect: Iterable[JobState] | None = None,
-                   now: float | None = None) -> bool:
+                   now: float | None = None, expect_last_instance_at: float | None = None) -> bool:
         """Move a job forward to ``state``; returns False (and changes nothing) when the job is
-        not in one of ``expect`` (another actor got there first, e.g. it was superseded).
+        not in one of ``expect`` (another actor got there first, e.g. it was superseded), or when
+        ``expect_last_instance_at`` is given and an instance arrived since (the assembler's
+        decision was made on fewer instances than the job now holds).
 
         Raises ``TransitionError`` when the move would go backwards.
         """
@@ -284,6 +288,9 @@ class Ledger:
                 raise KeyError(f"job {job_id} is not in the ledger")
             current = JobState(row["state"])
             if expect is not None and current not in set(expect):
+                return False
+            if expect_last_instance_at is not None and db.execute(
+                    "SELECT last_instance_at FROM jobs WHERE id=?", (job_id,)).fetchone()[0] != expect_last_instance_at:
                 return False
             if _RANK[state] <= _RANK[current] and not (state == current == JobState.QUEUED):
                 raise TransitionError(f"job {job_id}: cannot move from {current} to {state}")
@@ -381,3 +388,38 @@ class Ledger:
 
     def iter_instances(self) -> Iterator[sqlite3.Row]:
         yield from self._db().execute("SELECT * FROM instances ORDER BY received_at")
+
+    # -- cached header summaries (written by the assembler, one per instance) ------------------
+    def record_header(self, sop_uid: str, summary: dict[str, Any], error: str | None = None,
+                      now: float | None = None) -> None:
+        """Store the header summary of one instance (``error`` when it could not be read)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO instance_headers VALUES (?,?,?,?)",
+                       (sop_uid, now or time.time(), error, json.dumps(summary)))
+
+    def instances_without_header(self, limit: int = 1000) -> list[tuple[str, Path]]:
+        """(SOP Instance UID, path) of recorded instances whose header was not read yet."""
+        rows = self._db().execute(
+            "SELECT i.sop_uid, i.path FROM instances i LEFT JOIN instance_headers h ON h.sop_uid = i.sop_uid "
+            "WHERE h.sop_uid IS NULL ORDER BY i.received_at LIMIT ?", (limit,))
+        return [(r[0], Path(r[1])) for r in rows]
+
+    def headers_for_job(self, job_id: int) -> list[dict[str, Any]]:
+        """Header summaries of a job's instances; an instance not read yet has ``None`` there.
+
+        Each item: ``sop_uid``, ``sop_class_uid`` (as announced on the association), ``error``
+        and ``summary`` (the dict given to ``record_header``, or ``None``).
+        """
+        rows = self._db().execute(
+            "SELECT i.sop_uid, i.sop_class_uid, h.error, h.summary_json, h.sop_uid IS NOT NULL AS seen "
+            "FROM instances i LEFT JOIN instance_headers h ON h.sop_uid = i.sop_uid "
+            "WHERE i.job_id=? ORDER BY i.sop_uid", (job_id,))
+        return [{"sop_uid": r[0], "sop_class_uid": r[1], "error": r[2],
+                 "summary": json.loads(r[3]) if r[4] else None} for r in rows]
+
+    def receiver_summary(self) -> dict[str, Any]:
+        """Instances, associations still open and the time of the last instance, for status."""
+        db = self._db()
+        instances, last = db.execute("SELECT COUNT(*), MAX(received_at) FROM instances").fetchone()
+        open_assocs = db.execute("SELECT COUNT(*) FROM associations WHERE closed_at IS NULL").fetchone()[0]
+        return {"instances": int(instances), "last_instance_at": last, "open_associations": int(open_assocs)}
