@@ -188,7 +188,9 @@ def datasets_to_series(
         raise SeriesError("no DICOM images found")
     series_uids = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
     if len(series_uids) > 1:
-        raise SeriesError(f"multiple series mixed: {len(series_uids)} SeriesInstanceUIDs among {len(datasets)} images")
+        raise SeriesError(
+            f"multiple series mixed: {len(series_uids)} SeriesInstanceUIDs among {len(datasets)} images"
+        )
     for index, ds in enumerate(datasets):
         _check_header(ds, _where(ds, index))
     for keyword in ("Rows", "Columns", "PixelSpacing"):

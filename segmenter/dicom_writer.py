@@ -181,6 +181,12 @@ def write_ct_series(
     if volume.ndim != 3:
         raise ValueError(f"volume_hu must be 3-D (z, y, x); got shape {volume.shape}")
     n_slices, rows, cols = volume.shape
+    if instance_number_order not in ("shuffled", "ascending"):
+        raise ValueError(
+            f"instance_number_order must be 'shuffled' or 'ascending'; got {instance_number_order!r}"
+        )
+    if file_names not in ("sop", "random"):
+        raise ValueError(f"file_names must be 'sop' or 'random'; got {file_names!r}")
     dz, dy, dx = (float(v) for v in spacing_mm)
     if UID(transfer_syntax) in (JPEG2000, JPEG2000Lossless) and min(rows, cols) < 32:
         # openjpeg always uses 6 wavelet resolution levels, which need 32 pixels per side.
@@ -193,7 +199,7 @@ def write_ct_series(
     iop = np.asarray(orientation, dtype=np.float64)
     row_dir, col_dir = iop[:3], iop[3:]
     normal = np.cross(row_dir, col_dir)
-    offsets = np.asarray(slice_offsets_mm if slice_offsets_mm is not None else np.arange(n_slices) * dz, float)
+    offsets = np.asarray(np.arange(n_slices) * dz if slice_offsets_mm is None else slice_offsets_mm, float)
     if offsets.shape != (n_slices,):
         raise ValueError(f"slice_offsets_mm must have {n_slices} values; got {offsets.shape}")
     if origin is None:
@@ -202,7 +208,7 @@ def write_ct_series(
     positions = np.asarray(origin, float) + offsets[:, None] * normal + shift[:, None] * col_dir
 
     rng = np.random.default_rng(seed)
-    numbers = rng.permutation(n_slices) + 1 if instance_number_order == "shuffled" else np.arange(n_slices) + 1
+    numbers = (rng.permutation(n_slices) if instance_number_order == "shuffled" else np.arange(n_slices)) + 1
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()
     base = _base_dataset(
