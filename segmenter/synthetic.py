@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -311,3 +312,57 @@ def make_phantoms(count: int, seed: int, ranges: PhantomRanges | None = None,
 
     with mp.get_context("spawn").Pool(workers) as pool:
         return pool.map(_one, jobs, chunksize=1)
+
+
+def write_phantom_series(phantom: Phantom, out_dir: str | Path, **header: Any) -> dict[str, Any]:
+    """Write ``out_dir/dicom/*.dcm``, ``labels.npy``, ``labels.nii.gz`` and ``truth.json``.
+
+    The layout is the one ``realdata.load_dicom_nifti`` reads. The series is axial with
+    orientation (1,0,0,0,1,0) and slice ``k`` at z = ``k * dz``, so ``labels.npy`` is in
+    the sorted-series order (z, rows, cols). ``header`` goes to ``dicom_io.write_ct_series``.
+    """
+    import json
+
+    import nibabel as nib
+
+    from .dicom_io import write_ct_series
+
+    out = Path(out_dir)
+    dz, dy, dx = phantom.spacing_mm
+    nz, ny, nx = phantom.hu.shape
+    origin = (-(nx - 1) / 2 * dx, -(ny - 1) / 2 * dy, 0.0)
+    header.setdefault("patient_id", phantom.case_id.upper()[:16])
+    header.setdefault("series_description", f"PHANTOM HEAD {dz:.1f}mm")
+    header.setdefault("slice_thickness_mm", dz)
+    paths = write_ct_series(phantom.hu, phantom.spacing_mm, out / "dicom", origin=origin, **header)
+    np.save(out / "labels.npy", phantom.labels)
+    lps = np.diag([dx, dy, dz, 1.0])
+    lps[:3, 3] = origin
+    nib.save(nib.Nifti1Image(phantom.labels.transpose(2, 1, 0), np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps),
+             out / "labels.nii.gz")
+    truth = {"case_id": phantom.case_id, "kind": phantom.kind, "spacing_mm": phantom.spacing_mm,
+             "shape": list(phantom.hu.shape), **{k: v for k, v in phantom.meta.items() if k != "kind"}}
+    (out / "truth.json").write_text(json.dumps(truth, indent=2, default=float) + "\n", encoding="utf-8")
+    return {"dicom": paths, "labels": out / "labels.npy", "truth": truth}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m segmenter make-phantoms --count N --seed S --out DIR [--wide] [--kinds ...]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m segmenter make-phantoms",
+                                description="Write synthetic head-CT DICOM series with label volumes.")
+    p.add_argument("--count", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--wide", action="store_true", help="use the wider evaluation ranges")
+    p.add_argument("--kinds", help=f"comma-separated kinds to cycle through, from {','.join(KINDS)}")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ranges = PhantomRanges.evaluation() if a.wide else PhantomRanges.training()
+    kinds = a.kinds.split(",") if a.kinds else None
+    for i in range(a.count):
+        ph = _one((a.seed, i, ranges, kinds[i % len(kinds)] if kinds else None))
+        info = write_phantom_series(ph, Path(a.out) / ph.case_id)
+        logger.info("%s: %s, %d slices", ph.case_id, ph.kind, len(info["dicom"]))
+    return 0

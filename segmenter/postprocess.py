@@ -1,0 +1,138 @@
+"""From class probabilities on the source grid to a cleaned label volume and findings.
+
+Rules (also stated in ``MODEL_CARD.md``):
+
+1. ``labels = argmax(probabilities)`` per voxel.
+2. Foreground voxels (SDH or EDH) are grouped into 3D connected components (26-neighbourhood);
+   components smaller than ``MIN_COMPONENT_ML`` are set to background.
+3. Each remaining component gets one class, the majority of its voxels (ties go to SDH, the
+   commoner lesion): a collection is one lesion, not a patchwork of SDH and EDH.
+4. A class is **present** when its total volume after steps 2-3 is at least
+   ``MIN_PRESENT_ML`` (0.5 mL). Smaller remnants stay in the label volume but the finding
+   reads absent.
+
+Thickness is the largest in-plane thickness: twice the maximum of the in-plane Euclidean
+distance transform of the class mask (in mm), over all slices. Laterality is the patient side
+of each component's centroid relative to the head midline; LPS +x is patient left, so a column
+step moves ``row_direction[0] * dx`` mm towards patient left.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from .findings import CLASS_NAMES, Finding
+
+logger = logging.getLogger(__name__)
+
+#: Components below this volume are noise, not lesions (mL).
+MIN_COMPONENT_ML = 0.05
+#: A class is reported present at or above this total volume (mL).
+MIN_PRESENT_ML = 0.5
+#: A side counts for laterality when it holds at least this share of the class volume.
+MIN_SIDE_SHARE = 0.15
+
+
+def clean_labels(labels: np.ndarray, spacing_mm: Sequence[float],
+                 min_component_ml: float = MIN_COMPONENT_ML) -> tuple[np.ndarray, np.ndarray, int]:
+    """Drop tiny components and give every component its majority class.
+
+    Returns
+    -------
+    cleaned, components, n
+        The cleaned uint8 labels, the int32 component map (0 background) and the count.
+    """
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    comps, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
+    out = np.zeros_like(labels, dtype=np.uint8)
+    if n == 0:
+        return out, comps, 0
+    sizes = np.bincount(comps.ravel(), minlength=n + 1)
+    per_class = {c: np.bincount(comps.ravel(), weights=(labels == c).ravel(), minlength=n + 1)
+                 for c in CLASS_NAMES}
+    classes = sorted(CLASS_NAMES)
+    votes = np.stack([per_class[c] for c in classes])  # argmax keeps the first class on ties
+    winner = np.asarray(classes, np.uint8)[votes.argmax(0)]
+    winner[sizes * voxel_ml < min_component_ml] = 0
+    winner[0] = 0
+    out = winner[comps]
+    comps[out == 0] = 0
+    return out, comps, n
+
+
+def max_thickness_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> float:
+    """Twice the largest in-plane distance to the mask border, over slices (mm)."""
+    best = 0.0
+    for z in np.flatnonzero(mask.any(axis=(1, 2))):
+        sl = ndimage.find_objects(mask[z].astype(np.uint8))[0]
+        sub = np.pad(mask[z][sl], 1)
+        best = max(best, float(ndimage.distance_transform_edt(sub, sampling=spacing_mm[1:]).max()))
+    return 2.0 * best
+
+
+def laterality(mask: np.ndarray, comps: np.ndarray, spacing_mm: Sequence[float], midline_col: float,
+               row_direction: Sequence[float]) -> str | None:
+    """``"left"``, ``"right"``, ``"bilateral"`` (patient side) or None for an empty mask."""
+    ids, counts = np.unique(comps[mask], return_counts=True)
+    if len(ids) == 0:
+        return None
+    centroids = ndimage.center_of_mass(mask, comps, ids)
+    left = 0.0
+    for (_, _, col), n in zip(centroids, counts):
+        if (col - midline_col) * spacing_mm[2] * row_direction[0] > 0:
+            left += n
+    share = left / counts.sum()
+    if MIN_SIDE_SHARE <= share <= 1 - MIN_SIDE_SHARE:
+        return "bilateral"
+    return "left" if share > 0.5 else "right"
+
+
+def findings_from_probabilities(probs: np.ndarray, spacing_mm: Sequence[float], midline_col: float,
+                                row_direction: Sequence[float] = (1.0, 0.0, 0.0),
+                                min_present_ml: float = MIN_PRESENT_ML) -> tuple[np.ndarray, dict[str, Finding]]:
+    """Labels and findings from (Z, C, rows, cols) probabilities on the source grid.
+
+    Parameters
+    ----------
+    probs:
+        Softmax probabilities per class; class order 0 background, 1 SDH, 2 EDH.
+    spacing_mm:
+        ``(dz, dy, dx)`` of the source grid.
+    midline_col:
+        Column of the head's midline, for laterality.
+    row_direction:
+        Direction cosines (LPS) of increasing column index.
+
+    Returns
+    -------
+    labels, findings
+        uint8 labels (Z, rows, cols) and a ``Finding`` per class name.
+    """
+    labels, comps, _ = clean_labels(probs.argmax(1).astype(np.uint8), spacing_mm)
+    return labels, findings_from_labels(labels, comps, probs, spacing_mm, midline_col, row_direction,
+                                        min_present_ml)
+
+
+def findings_from_labels(labels: np.ndarray, comps: np.ndarray, probs: np.ndarray | None,
+                         spacing_mm: Sequence[float], midline_col: float,
+                         row_direction: Sequence[float] = (1.0, 0.0, 0.0),
+                         min_present_ml: float = MIN_PRESENT_ML) -> dict[str, Finding]:
+    """One ``Finding`` per class from cleaned labels (``probs`` None gives confidence 1)."""
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    findings = {}
+    for c, name in CLASS_NAMES.items():
+        mask = labels == c
+        n = int(mask.sum())
+        vol = n * voxel_ml
+        if n == 0:
+            findings[name] = Finding(name, c, False, 0.0, 0.0, None, 0.0, 0)
+            continue
+        conf = float(probs[:, c][mask].mean()) if probs is not None else 1.0
+        findings[name] = Finding(name, c, vol >= min_present_ml, round(vol, 3),
+                                 round(max_thickness_mm(mask, spacing_mm), 2),
+                                 laterality(mask, comps, spacing_mm, midline_col, row_direction),
+                                 round(conf, 4), n)
+    return findings
