@@ -1,0 +1,168 @@
+"""Series assembly: read each new instance's header once, decide when a series is complete and
+whether it may be analysed.
+
+The SCP spools bytes and records every instance in the ledger, which groups instances by Series
+Instance UID into one job per series (a series sent over several associations lands in one job;
+an instance arriving after completion opens a new job that supersedes the old one). This stage
+only moves jobs out of ``received``:
+
+- ``complete`` when the series is complete and eligible: the submitter picks it up;
+- ``not_analysed`` with a reason when it is complete but ineligible (see ``eligibility``).
+
+A series is complete when either
+
+(a) every association that delivered its instances has been released, its slices form one
+    evenly spaced stack without gaps (``series.spacing_tolerance_mm``) and at least
+    :data:`RELEASE_SETTLE_S` passed since its last instance; or
+(b) ``series.quiet_seconds`` passed since its last instance (the idle timer every open DICOM
+    router uses; it also covers senders that keep an association open and idle).
+
+The settle time in (a) exists because some senders open one association per instance: without
+it, a stack would look "released and contiguous" between two of those associations.
+
+Both outcomes are single ledger transitions guarded by the job's ``last_instance_at``, so an
+instance recorded while we were deciding makes the transition a no-op and the job is looked at
+again on the next pass. After a crash the ledger still says ``received`` and the next pass
+decides again: nothing here keeps state in memory.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from dicom_node.config import Config
+from dicom_node.eligibility import contiguity, evaluate
+from dicom_node.headers import HeaderSummary, read_summary
+from dicom_node.ledger import Job, JobState, Ledger
+from dicom_node.logs import short_uid
+
+logger = logging.getLogger(__name__)
+
+#: Seconds after the last instance before a released, contiguous series counts as complete
+#: (capped at series.quiet_seconds).
+RELEASE_SETTLE_S = 1.0
+#: Headers read per pass, so that one huge study does not hold up the rest of the loop.
+HEADER_BATCH = 500
+
+
+@dataclass
+class AssemblyPass:
+    """What one :meth:`Assembler.run_once` did."""
+
+    headers_read: int = 0
+    completed: list[int] = field(default_factory=list)
+    not_analysed: list[int] = field(default_factory=list)
+    waiting: int = 0
+
+
+def needs_status_report(job: Job) -> bool:
+    """Whether a ``not_analysed`` job should get a "not analysed: <reason>" status SR.
+
+    The assembler stores the decision in the job's result as ``{"status_report": bool,
+    "series_kind": ..., "instances": n}``: true for CT image series only, false for non-CT
+    objects and this node's own results (an SR for those would loop through the PACS).
+    """
+    return job.state == JobState.NOT_ANALYSED and bool((job.result or {}).get("status_report"))
+
+
+def job_headers(ledger: Ledger, job_id: int) -> list[HeaderSummary] | None:
+    """The cached header summaries of a job's instances; ``None`` while any is not read yet."""
+    headers: list[HeaderSummary] = []
+    for row in ledger.headers_for_job(job_id):
+        if row["summary"] is None:
+            return None
+        if row["error"]:
+            headers.append(HeaderSummary(sop_uid=row["sop_uid"], error=row["error"],
+                                         sop_class_uid=row["sop_class_uid"]))
+        else:
+            headers.append(HeaderSummary.from_dict(row["summary"]))
+    return headers
+
+
+class Assembler:
+    """Moves received series to ``complete`` or ``not_analysed``.
+
+    Parameters
+    ----------
+    cfg:
+        The node configuration (``series:`` section).
+    ledger:
+        The node's ledger; the only state this stage has.
+    """
+
+    def __init__(self, cfg: Config, ledger: Ledger) -> None:
+        self.cfg = cfg
+        self.ledger = ledger
+
+    def read_headers(self, now: float, limit: int = HEADER_BATCH) -> int:
+        """Read and cache the header of up to ``limit`` instances not read yet."""
+        pending = self.ledger.instances_without_header(limit)
+        for sop_uid, path in pending:
+            summary = read_summary(path, sop_uid)
+            self.ledger.record_header(sop_uid, {} if summary.error else summary.to_dict(),
+                                      summary.error, now=now)
+        return len(pending)
+
+    def run_once(self, now: float) -> AssemblyPass:
+        """Read new headers, then decide every ``received`` job once.
+
+        Parameters
+        ----------
+        now:
+            The current time (seconds since the epoch, as the ledger records them).
+        """
+        report = AssemblyPass(headers_read=self.read_headers(now))
+        for job in self.ledger.jobs([JobState.RECEIVED]):
+            state = self._decide(job, now)
+            if state == JobState.COMPLETE:
+                report.completed.append(job.id)
+            elif state == JobState.NOT_ANALYSED:
+                report.not_analysed.append(job.id)
+            else:
+                report.waiting += 1
+        return report
+
+    def completion(self, job: Job, headers: list[HeaderSummary], now: float) -> str | None:
+        """Why the job's series counts as complete now, or None while it may still grow."""
+        series = self.cfg.series
+        idle = now - job.last_instance_at
+        if idle >= series.quiet_seconds:
+            return f"no instance for {idle:.1f} s (series.quiet_seconds {series.quiet_seconds:g})"
+        if idle < min(RELEASE_SETTLE_S, series.quiet_seconds):
+            return None
+        if self.ledger.open_associations_for_job(job.id):
+            return None
+        if len(headers) < 2 or any(h.error for h in headers):
+            return None
+        try:
+            problem = contiguity(headers, series.spacing_tolerance_mm)
+        except ValueError as exc:
+            problem = str(exc)
+        if problem is None:
+            return f"associations released and {len(headers)} slices contiguous"
+        return None
+
+    def _decide(self, job: Job, now: float) -> JobState | None:
+        headers = job_headers(self.ledger, job.id)
+        if not headers:
+            return None  # headers not read yet (or no instance): next pass
+        why = self.completion(job, headers, now)
+        if why is None:
+            return None
+        verdict = evaluate(headers, self.cfg.series)
+        log = {"job": job.id, "series": short_uid(job.series_uid), "instances": len(headers), "why": why}
+        if verdict.eligible:
+            moved = self.ledger.transition(
+                job.id, JobState.COMPLETE, detail=f"complete: {why}", expect=[JobState.RECEIVED],
+                expect_last_instance_at=job.last_instance_at, now=now)
+            if moved:
+                logger.info("series complete", extra=log)
+            return JobState.COMPLETE if moved else None
+        moved = self.ledger.transition(
+            job.id, JobState.NOT_ANALYSED, reason=verdict.reason, detail=f"complete: {why}; not analysed: "
+            f"{verdict.reason}", expect=[JobState.RECEIVED], expect_last_instance_at=job.last_instance_at,
+            result={"status_report": verdict.status_report, "series_kind": verdict.kind.value,
+                    "instances": len(headers)}, now=now)
+        if moved:
+            logger.info("series not analysed", extra={**log, "reason": verdict.reason, "kind": verdict.kind.value})
+        return JobState.NOT_ANALYSED if moved else None
