@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
+from pydicom.valuerep import DSfloat
 from pydicom.uid import (
     UID,
     CTImageStorage,
@@ -32,6 +33,11 @@ logger = logging.getLogger(__name__)
 #: Transfer syntaxes written without an encoder.
 NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 AIR_HU = -1000.0
+
+
+def _ds(value: float) -> DSfloat:
+    """A DS value within the 16 characters the VR allows (a float repr can need 19)."""
+    return DSfloat(float(value), auto_format=True)
 
 
 def _stored_values(
@@ -227,17 +233,17 @@ def write_ct_series(
         ds = copy.deepcopy(base)
         ds.SOPInstanceUID = generate_uid()
         ds.InstanceNumber = int(numbers[k])
-        ds.ImagePositionPatient = [round(float(v), 4) for v in positions[k]]
-        ds.ImageOrientationPatient = [float(v) for v in iop]
-        ds.PixelSpacing = [dy, dx]
-        ds.SliceThickness = slice_thickness_mm if slice_thickness_mm is not None else dz
-        ds.SliceLocation = round(float(positions[k] @ normal), 4)
+        ds.ImagePositionPatient = [_ds(v) for v in positions[k]]
+        ds.ImageOrientationPatient = [_ds(v) for v in iop]
+        ds.PixelSpacing = [_ds(dy), _ds(dx)]
+        ds.SliceThickness = _ds(slice_thickness_mm if slice_thickness_mm is not None else dz)
+        ds.SliceLocation = _ds(positions[k] @ normal)
         if gantry_tilt_deg:
-            ds.GantryDetectorTilt = gantry_tilt_deg
+            ds.GantryDetectorTilt = _ds(gantry_tilt_deg)
         ds.Rows, ds.Columns = rows, cols
         ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
         ds.PixelRepresentation = int(signed)
-        ds.RescaleIntercept = intercept
+        ds.RescaleIntercept = _ds(intercept)
         ds.add_new("SmallestImagePixelValue", "SS" if signed else "US", int(stored[k].min()))
         ds.add_new("LargestImagePixelValue", "SS" if signed else "US", int(stored[k].max()))
         if pixel_padding_value is not None:

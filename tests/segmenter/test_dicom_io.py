@@ -77,8 +77,9 @@ def test_round_trip_is_exact(tmp_path, kw):
 @pytest.mark.skipif(not DCIODVFY.exists(), reason="dciodvfy not installed")
 @pytest.mark.parametrize(
     "kw",
-    [*WRITER_CASES.values(), dict(gantry_tilt_deg=12.0), dict(pixel_padding_value=-2000), dict(file_names="random")],
-    ids=[*WRITER_CASES.keys(), "tilted", "padding", "random names"],
+    [*WRITER_CASES.values(), dict(gantry_tilt_deg=12.0), dict(pixel_padding_value=-2000), dict(file_names="random"),
+     dict(spacing_mm=(4.602548930412794, 0.43894484052768795, 0.43894484052768795), origin=(-1 / 3, 2 / 7, 1e-9))],
+    ids=[*WRITER_CASES.keys(), "tilted", "padding", "random names", "long decimals"],
 )
 def test_every_written_file_passes_dciodvfy(tmp_path, kw):
     paths = make_test_series(tmp_path, n_slices=2, rows=32, cols=32, **kw)
