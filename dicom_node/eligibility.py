@@ -57,10 +57,11 @@ RESULT_SOP_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color Secondary Capture
     "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection Document
 })
-#: Manufacturer (0008,0070) written into every result object by worker/results; compared
-#: case-insensitively. Test CTs from segmenter.dicom_writer say "dural-node synthetic", which
-#: must not match.
-OWN_MANUFACTURER = "dural-node"
+#: Manufacturer (0008,0070) of every result object worker/results writes: the default of
+#: ``segmenter.findings.ModelInfo.manufacturer`` (a test keeps the two equal). Compared
+#: case-insensitively and exactly: test CTs from segmenter.dicom_writer say "dural-node
+#: synthetic", which must not match.
+OWN_MANUFACTURER = "dural-node project"
 #: In-plane spacing may differ by DS rounding only.
 SPACING_TOLERANCE_MM = 1e-3
 

@@ -87,7 +87,7 @@ ILL = [
     ("foreign SEG", ct_series(n=1, sop_class_uid=SEG, modality="SEG"), CFG, "modality must be CT", SeriesKind.OTHER),
     ("our SEG", ct_series(n=1, sop_class_uid=SEG, modality="SEG", manufacturer=OWN_MANUFACTURER), CFG,
      "written by this node", SeriesKind.OWN_RESULT),
-    ("our SR", ct_series(n=1, sop_class_uid=COMP3D_SR, modality="SR", manufacturer="Dural-Node"), CFG,
+    ("our SR", ct_series(n=1, sop_class_uid=COMP3D_SR, modality="SR", manufacturer="Dural-Node Project"), CFG,
      "written by this node", SeriesKind.OWN_RESULT),
     ("our KOS", ct_series(n=1, sop_class_uid=KOS, modality="KO", manufacturer=OWN_MANUFACTURER), CFG,
      "written by this node", SeriesKind.OWN_RESULT),
@@ -157,3 +157,10 @@ def test_synthetic_manufacturer_is_not_ours():
 ])
 def test_contiguity(series, ok):
     assert (contiguity(series, 0.1) is None) is ok
+
+
+def test_own_manufacturer_matches_result_builders():
+    from segmenter.findings import ModelInfo
+
+    default = next(f for f in dataclasses.fields(ModelInfo) if f.name == "manufacturer").default
+    assert default.lower() == OWN_MANUFACTURER
