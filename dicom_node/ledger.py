@@ -386,6 +386,16 @@ class Ledger:
         rows = self._db().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
         return {r[0]: r[1] for r in rows}
 
+    def recent_jobs(self, states: Iterable[JobState], limit: int) -> list[Job]:
+        """The ``limit`` most recently updated jobs in ``states``, newest first."""
+        values = [JobState(s).value for s in states]
+        rows = self._db().execute(f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(values))}) "
+                                  "ORDER BY updated_at DESC, id DESC LIMIT ?", (*values, limit))
+        return [Job.from_row(r) for r in rows]
+
+    def series_count(self) -> int:
+        return int(self._db().execute("SELECT COUNT(DISTINCT series_uid) FROM jobs").fetchone()[0])
+
     def iter_instances(self) -> Iterator[sqlite3.Row]:
         yield from self._db().execute("SELECT * FROM instances ORDER BY received_at")
 

@@ -10,6 +10,7 @@ LEDGER_FILE = "ledger.sqlite3"
 DICOM_SUFFIX = ".dcm"
 OUTCOME_FILE = "outcome.json"  # written last, atomically, by a worker: the job's result
 HEARTBEAT_FILE = "heartbeat"  # touched by a worker while it runs a job
+NODE_STATE_FILE = "node-state.json"  # written by `serve` every few seconds; read by `status`
 
 # DIMSE C-STORE statuses (PS3.4 Annex B.2.3).
 STATUS_SUCCESS = 0x0000
