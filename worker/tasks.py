@@ -1,0 +1,57 @@
+"""The Celery task: a thin, idempotent adapter around ``worker.pipeline.run_job``.
+
+It takes a job id and the manifest's path relative to ``data_dir`` (never arrays), runs the
+pipeline with the process's cached model and returns a short summary; the real result is the
+``outcome.json`` the node reads from the shared ``data_dir``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+
+from dicom_node.config import Config
+from worker import model_cache
+from worker.celery_app import TASK_NAME
+from worker.manifest import count_start, job_dir, read_manifest
+from worker.pipeline import failed_outcome, run_job
+
+__all__ = ["register_tasks"]
+
+logger = logging.getLogger(__name__)
+
+
+def segment(cfg: Config, job_id: int, manifest_path: str, *, redelivered: bool = False) -> dict[str, Any]:
+    """Body of the task, callable without Celery (tests).
+
+    Each start is counted in ``results/<job>/starts``. A series whose analysis keeps killing
+    the worker (out of memory, a crash in native code) would otherwise be redelivered forever
+    by ``task_reject_on_worker_lost``: past ``queue.max_submissions`` starts the job is failed
+    with a status report instead of being run again.
+    """
+    manifest = read_manifest(cfg.data_dir / manifest_path)
+    if manifest.mode == "report":  # quick and header-only: nothing to guard
+        outcome = run_job(manifest_path, cfg.data_dir, cfg, None)
+        return {"job_id": job_id, "state": outcome["state"], "files": len(outcome["files"])}
+    starts = count_start(job_dir(cfg.data_dir, job_id))
+    if redelivered or starts > 1:
+        logger.warning("job started again", extra={"job": job_id, "start": starts, "redelivered": redelivered})
+    if starts > cfg.queue.max_submissions:
+        reason = (f"the worker stopped {starts - 1} times while analysing this series (killed or crashed); "
+                  "it is not retried")
+        outcome = failed_outcome(manifest_path, cfg.data_dir, cfg, reason, "inference")
+    else:
+        outcome = run_job(manifest_path, cfg.data_dir, cfg, lambda: model_cache.get_segmenter(cfg))
+    return {"job_id": job_id, "state": outcome["state"], "files": len(outcome["files"])}
+
+
+def register_tasks(app: Celery, cfg: Config) -> Task:
+    """Register ``worker.tasks.segment_series`` on ``app``, bound to ``cfg`` (no globals)."""
+
+    @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def segment_series(self: Task, job_id: int, manifest_path: str) -> dict[str, Any]:
+        info = self.request.delivery_info or {}
+        return segment(cfg, int(job_id), str(manifest_path), redelivered=bool(info.get("redelivered")))
+
+    return segment_series
