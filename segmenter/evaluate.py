@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -140,11 +140,11 @@ def evaluate(segmenter: Any, cases: Iterable[Any]) -> dict[str, Any]:
     return {"summary": summarize(records), "records": records}
 
 
-def held_out_phantoms(count: int, seed: int, workers: int = 1) -> list[Any]:
+def held_out_phantoms(count: int, seed: int, workers: int = 1) -> Iterator[Any]:
     """Held-out synthetic set: its own seed, ``PhantomRanges.evaluation()`` (wider), kinds cycled."""
-    from .synthetic import KINDS, PhantomRanges, make_phantoms
+    from .synthetic import KINDS, PhantomRanges, iter_phantoms
 
-    return make_phantoms(count, seed, PhantomRanges.evaluation(), kinds=list(KINDS), workers=workers)
+    return iter_phantoms(range(count), seed, PhantomRanges.evaluation(), kinds=list(KINDS), workers=workers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,13 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     seg = Segmenter.load(a.weights, threads=a.threads, bf16={"auto": None, "on": True, "off": False}[a.bf16])
     if a.dataset == "synthetic":
-        cases: list[Any] = held_out_phantoms(a.count, a.seed, a.workers)
+        cases: Iterable[Any] = held_out_phantoms(a.count, a.seed, a.workers)
     else:
         from . import realdata
 
         cases = realdata.load_ctich(a.data_root)[0] if a.dataset == "ctich" else realdata.load_dicom_nifti(a.data_root)
     report = evaluate(seg, cases)
-    report["setup"] = {"dataset": a.dataset, "seed": a.seed, "count": len(cases), "weights": a.weights or "shipped",
+    report["setup"] = {"dataset": a.dataset, "seed": a.seed, "count": report["summary"]["cases"], "weights": a.weights or "shipped",
                        "bf16": seg.bf16, "model": seg.info.to_dict(),
                        "ranges": "PhantomRanges.evaluation()" if a.dataset == "synthetic" else a.data_root}
     print(format_table(report["summary"]))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -302,16 +302,26 @@ def _one(args: tuple[int, int, PhantomRanges | None, str | None]) -> Phantom:
     return make_phantom(phantom_seed(seed, index), kind, ranges, case_id=f"synth-s{seed}-{index:05d}")
 
 
-def make_phantoms(count: int, seed: int, ranges: PhantomRanges | None = None,
-                  kinds: Sequence[str] | None = None, workers: int = 1) -> list[Phantom]:
-    """Generate ``count`` phantoms; ``kinds`` (cycled) fixes the kind of each, else drawn."""
-    jobs = [(seed, i, ranges, kinds[i % len(kinds)] if kinds else None) for i in range(count)]
+def iter_phantoms(indices: Iterable[int], seed: int, ranges: PhantomRanges | None = None,
+                  kinds: Sequence[str] | None = None, workers: int = 1) -> Iterator[Phantom]:
+    """Yield phantoms ``indices`` of the set ``seed`` in order, one at a time (bounded memory).
+
+    ``kinds`` (cycled by index) fixes the kind of each phantom; otherwise it is drawn.
+    """
+    jobs = [(seed, i, ranges, kinds[i % len(kinds)] if kinds else None) for i in indices]
     if workers <= 1:
-        return [_one(j) for j in jobs]
+        yield from (_one(j) for j in jobs)
+        return
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(workers) as pool:
-        return pool.map(_one, jobs, chunksize=1)
+        yield from pool.imap(_one, jobs, chunksize=1)
+
+
+def make_phantoms(count: int, seed: int, ranges: PhantomRanges | None = None,
+                  kinds: Sequence[str] | None = None, workers: int = 1) -> list[Phantom]:
+    """Generate ``count`` phantoms as a list (about 40 MB each: keep ``count`` small)."""
+    return list(iter_phantoms(range(count), seed, ranges, kinds, workers))
 
 
 def write_phantom_series(phantom: Phantom, out_dir: str | Path, **header: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -54,12 +54,21 @@ class TrainConfig:
         return d
 
 
-def load_training_cases(cfg: TrainConfig) -> list[Any]:
-    """Cases for the configured dataset (synthetic phantoms, CT-ICH, or DICOM+NIfTI pairs)."""
-    if cfg.dataset == "synthetic":
-        from .synthetic import PhantomRanges, make_phantoms
+def training_data(cfg: TrainConfig) -> tuple[Iterable[Any], list[Any]]:
+    """(train cases, validation cases) for the configured dataset, split by patient.
 
-        return make_phantoms(cfg.count, cfg.seed, PhantomRanges.training(), workers=cfg.workers)
+    Synthetic phantoms are yielded lazily (a full-resolution phantom is ~40 MB; only its
+    model-scale slices are kept); each phantom is its own patient, and the last
+    ``val_fraction`` of the indices are the validation patients.
+    """
+    if cfg.dataset == "synthetic":
+        from .synthetic import PhantomRanges, iter_phantoms
+
+        n_val = max(1, int(round(cfg.val_fraction * cfg.count)))
+        val_idx = range(cfg.count - min(n_val, cfg.val_cases), cfg.count)
+        ranges = PhantomRanges.training()
+        return (iter_phantoms(range(cfg.count - n_val), cfg.seed, ranges, workers=cfg.workers),
+                list(iter_phantoms(val_idx, cfg.seed, ranges)))
     if cfg.data_root is None:
         raise ValueError(f"--data-root must be given for dataset {cfg.dataset!r}")
     from . import realdata
@@ -67,10 +76,12 @@ def load_training_cases(cfg: TrainConfig) -> list[Any]:
     if cfg.dataset == "ctich":
         cases, stats = realdata.load_ctich(cfg.data_root)
         logger.info("CT-ICH: %s", stats)
-        return cases
-    if cfg.dataset == "dicom-nifti":
-        return realdata.load_dicom_nifti(cfg.data_root)
-    raise ValueError(f"dataset must be synthetic, ctich or dicom-nifti; got {cfg.dataset!r}")
+    elif cfg.dataset == "dicom-nifti":
+        cases = realdata.load_dicom_nifti(cfg.data_root)
+    else:
+        raise ValueError(f"dataset must be synthetic, ctich or dicom-nifti; got {cfg.dataset!r}")
+    train_cases, val_cases = patient_split(cases, cfg.val_fraction, cfg.seed)
+    return train_cases, val_cases[: cfg.val_cases]
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
@@ -147,11 +158,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         start, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
         logger.info("resumed from epoch %d", ckpt["epoch"])
     t0 = time.time()
-    all_cases = list(cases) if cases is not None else load_training_cases(cfg)
-    train_cases, val_cases = patient_split(all_cases, cfg.val_fraction, cfg.seed)
+    if cases is not None:
+        train_cases, val_cases = patient_split(list(cases), cfg.val_fraction, cfg.seed)
+        val_cases = val_cases[: cfg.val_cases]
+    else:
+        train_cases, val_cases = training_data(cfg)
     bank = build_bank(train_cases, cfg.model.input_size)
-    val_bank = build_bank(val_cases[: cfg.val_cases], cfg.model.input_size) if val_cases else None
-    del all_cases, train_cases, val_cases
+    val_bank = build_bank(val_cases, cfg.model.input_size) if val_cases else None
+    del train_cases, val_cases
     logger.info("data ready in %.0f s: %d train slices (%d with bleed)", time.time() - t0,
                 len(bank.hu), int(bank.positive.sum()))
     use_amp = device.type == "cuda"
