@@ -308,13 +308,41 @@ class Ledger:
             self._event(db, job_id, state, now, detail or reason)
             return True
 
-    def mark_submitted(self, job_id: int, task_id: str, lane: str, now: float | None = None) -> None:
-        """Record a (re)submission to the queue: state queued, submission counted."""
+    def mark_submitted(self, job_id: int, task_id: str, lane: str, now: float | None = None) -> bool:
+        """Record a (re)submission to the queue: state queued, submission counted.
+
+        Only a ``complete`` job moves; returns False when it is no longer complete (e.g. an
+        instance arrived and superseded it while the task was being sent).
+        """
         now = now or time.time()
         with self._tx() as db:
-            db.execute("UPDATE jobs SET state=?, task_id=?, lane=?, submissions=submissions+1, updated_at=? "
-                       "WHERE id=?", (JobState.QUEUED.value, task_id, lane, now, job_id))
+            cur = db.execute("UPDATE jobs SET state=?, task_id=?, lane=?, submissions=submissions+1, updated_at=? "
+                             "WHERE id=? AND state=?", (JobState.QUEUED.value, task_id, lane, now, job_id,
+                                                        JobState.COMPLETE.value))
+            if cur.rowcount == 0:
+                return False
             self._event(db, job_id, JobState.QUEUED, now, f"task {task_id} on lane {lane}")
+            return True
+
+    def jobs_without_result(self, states: Iterable[JobState]) -> list[Job]:
+        """Jobs in ``states`` that have no result recorded yet (e.g. still need a status report)."""
+        values = [JobState(s).value for s in states]
+        rows = self._db().execute(f"SELECT * FROM jobs WHERE result_json IS NULL AND state IN "
+                                  f"({','.join('?' * len(values))}) ORDER BY id", values)
+        return [Job.from_row(r) for r in rows]
+
+    def record_result(self, job_id: int, result: dict[str, Any], detail: str | None = None,
+                      now: float | None = None) -> None:
+        """Attach a result to a job without changing its state (a status report produced for a
+        job that was already failed or not analysed)."""
+        now = now or time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"job {job_id} is not in the ledger")
+            db.execute("UPDATE jobs SET result_json=?, updated_at=? WHERE id=?", (json.dumps(result), now, job_id))
+            if detail:
+                self._event(db, job_id, JobState(row["state"]), now, detail)
 
     def requeue(self, job_id: int, why: str, now: float | None = None) -> None:
         """Put a lost queued/running job back to ``complete`` so the scheduler submits it again."""
