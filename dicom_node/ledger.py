@@ -324,11 +324,13 @@ class Ledger:
             self._event(db, job_id, JobState.QUEUED, now, f"task {task_id} on lane {lane}")
             return True
 
-    def jobs_without_result(self, states: Iterable[JobState]) -> list[Job]:
-        """Jobs in ``states`` that have no result recorded yet (e.g. still need a status report)."""
+    def jobs_without_files(self, states: Iterable[JobState]) -> list[Job]:
+        """Jobs in ``states`` whose result lists no result files yet (no ``files`` key): the
+        failed and not-analysed jobs that may still need a status report."""
         values = [JobState(s).value for s in states]
-        rows = self._db().execute(f"SELECT * FROM jobs WHERE result_json IS NULL AND state IN "
-                                  f"({','.join('?' * len(values))}) ORDER BY id", values)
+        rows = self._db().execute(f"SELECT * FROM jobs WHERE (result_json IS NULL OR json_extract(result_json, "
+                                  f"'$.files') IS NULL) AND state IN ({','.join('?' * len(values))}) ORDER BY id",
+                                  values)
         return [Job.from_row(r) for r in rows]
 
     def record_result(self, job_id: int, result: dict[str, Any], detail: str | None = None,
