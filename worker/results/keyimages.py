@@ -14,10 +14,11 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
+from segmenter.dicom_io import slice_hu
 from segmenter.findings import CLASS_NAMES, Prediction
 
 from . import codes, uids
-from .preview import BANNER, CLASS_RGB, burn_in_text, hu_from_dataset, overlay_rgb, upscale_factor
+from .preview import BANNER, CLASS_RGB, burn_in_text, overlay_rgb, upscale_factor
 from .seg import check_prediction, contributing_equipment, prepare_sources
 
 __all__ = ["KO_SERIES_NUMBER", "SC_SERIES_NUMBER", "build_key_images", "patient_orientation"]
@@ -104,7 +105,7 @@ def build_key_images(
     images: list[hd.sc.SCImage] = []
     for index, k in enumerate(slices):
         on_slice = [name for label, name in drawn.items() if np.any(labels[k] == label)]
-        rgb = overlay_rgb(hu_from_dataset(sources[k]), labels[k], drawn, scale=scale)
+        rgb = overlay_rgb(slice_hu(sources[k], f"sources[{k}]"), labels[k], drawn, scale=scale)
         rgb = burn_in_text(rgb, [(BANNER, (255, 255, 255))] + [(name, CLASS_RGB[name]) for name in on_slice])
         row_mm, col_mm = (float(v) / scale for v in headers[k].PixelSpacing)
         sc = hd.sc.SCImage.from_ref_dataset(
@@ -126,6 +127,9 @@ def build_key_images(
             manufacturer_model_name=model.name,
             software_versions=model.version,
         )
+        # from_ref_dataset copies only the type 1/2 patient and study attributes; copying the
+        # rest (Study Description, Patient Age...) keeps the study consistent for dcentvfy.
+        sc.copy_patient_and_study_information(headers[k])
         sc.BurnedInAnnotation = "YES"
         # A known unpaired body part: without it, General Series Laterality becomes required.
         sc.BodyPartExamined = headers[k].get("BodyPartExamined") or "HEAD"
@@ -162,5 +166,6 @@ def build_key_images(
         manufacturer=model.manufacturer,
         series_description="AI SDH/EDH key images",
     )
+    kos.copy_patient_and_study_information(headers[0])
     logger.debug("built %d key image(s) and a KOS", len(images))
     return images, kos

@@ -15,11 +15,11 @@ import numpy as np
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
 
+from segmenter.dicom_io import slice_hu
 from segmenter.findings import CLASS_NAMES, Finding
 
 __all__ = [
-    "BANNER", "BRAIN_WINDOW", "CLASS_RGB", "burn_in_text", "hu_from_dataset", "overlay_rgb",
-    "render_preview_png",
+    "BANNER", "BRAIN_WINDOW", "CLASS_RGB", "burn_in_text", "overlay_rgb", "render_preview_png", "upscale_factor",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -35,13 +35,6 @@ _FILL_ALPHA = 0.35
 _MIN_SIDE = 256
 
 
-def hu_from_dataset(ds: pydicom.Dataset) -> np.ndarray:
-    """Pixel data of one CT slice in Hounsfield units (float32, rows x columns)."""
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    return ds.pixel_array.astype(np.float32) * slope + intercept
-
-
 def _as_volume(sources_or_volume: Sequence[pydicom.Dataset] | np.ndarray) -> np.ndarray:
     if isinstance(sources_or_volume, np.ndarray):
         if sources_or_volume.ndim != 3:
@@ -50,7 +43,7 @@ def _as_volume(sources_or_volume: Sequence[pydicom.Dataset] | np.ndarray) -> np.
     if isinstance(sources_or_volume, Sequence) and sources_or_volume and all(
         isinstance(ds, pydicom.Dataset) for ds in sources_or_volume
     ):
-        return np.stack([hu_from_dataset(ds) for ds in sources_or_volume])
+        return np.stack([slice_hu(ds, f"sources_or_volume[{i}]") for i, ds in enumerate(sources_or_volume)])
     raise TypeError(
         f"sources_or_volume must be a HU volume or a non-empty sequence of Datasets; got {type(sources_or_volume).__name__}"
     )

@@ -20,7 +20,10 @@ from segmenter.geometry import ORIENTATION_TOLERANCE, positions_along_normal, sl
 from . import codes, uids
 from .preview import CLASS_RGB
 
-__all__ = ["SEG_SERIES_NUMBER", "build_seg", "check_prediction", "contributing_equipment", "prepare_sources"]
+__all__ = [
+    "SEG_SERIES_NUMBER", "algorithm_identification", "build_seg", "check_prediction", "contributing_equipment",
+    "prepare_sources",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +139,13 @@ def _normalise_geometry(datasets: list[pydicom.Dataset]) -> None:
 def check_prediction(prediction: Prediction, sources: Sequence[pydicom.Dataset]) -> None:
     """Check that ``prediction`` fits ``sources`` and states both SDH and EDH.
 
+    Parameters
+    ----------
+    prediction:
+        The segmenter's result.
+    sources:
+        The prepared source headers (see :func:`prepare_sources`), in label-volume order.
+
     Raises
     ------
     TypeError
@@ -169,6 +179,19 @@ def check_prediction(prediction: Prediction, sources: Sequence[pydicom.Dataset])
 def contributing_equipment(model: ModelInfo) -> list[hd.ContributingEquipment]:
     """Contributing Equipment Sequence item naming the algorithm (IHE AI Results).
 
+    Parameters
+    ----------
+    model:
+        The algorithm's identity.
+
+    Returns
+    -------
+    list of highdicom.ContributingEquipment
+        One item: manufacturer, model name, software version, Device UID, purpose
+        DCM 109102 "Processing Equipment".
+
+    Notes
+    -----
     Device UID (0018,1002) is added by hand because highdicom has no argument for it; it
     comes from the weights' hash, so it changes whenever the model is retrained.
     """
@@ -185,7 +208,17 @@ def contributing_equipment(model: ModelInfo) -> list[hd.ContributingEquipment]:
 
 
 def algorithm_identification(model: ModelInfo) -> hd.AlgorithmIdentificationSequence:
-    """Algorithm Identification Sequence for a segment (CID 7162 family)."""
+    """Algorithm Identification Sequence of a segment: name, version, family DCM 123110.
+
+    Parameters
+    ----------
+    model:
+        The algorithm's identity.
+
+    Returns
+    -------
+    highdicom.AlgorithmIdentificationSequence
+    """
     return hd.AlgorithmIdentificationSequence(name=model.name, family=codes.ALGORITHM_FAMILY, version=model.version)
 
 
