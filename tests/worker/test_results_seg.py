@@ -17,7 +17,9 @@ from worker.results.seg import build_seg, prepare_sources
 
 
 @pytest.fixture(scope="module")
-def seg_file(ct: CTSeries, make_prediction: Callable[..., Prediction], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def seg_file(
+    ct: CTSeries, make_prediction: Callable[..., Prediction], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     seg = build_seg(ct.datasets, make_prediction())
     assert seg is not None
     path = tmp_path_factory.mktemp("seg") / "seg.dcm"
@@ -29,7 +31,9 @@ def test_seg_passes_dciodvfy(seg_file: Path, dciodvfy: Callable[[Path], list[str
     dciodvfy(seg_file)
 
 
-def test_seg_round_trip_matches_label_volume(seg_file: Path, ct: CTSeries, make_prediction: Callable[..., Prediction]) -> None:
+def test_seg_round_trip_matches_label_volume(
+    seg_file: Path, ct: CTSeries, make_prediction: Callable[..., Prediction]
+) -> None:
     labels = make_prediction().labels
     seg = hd.seg.segread(seg_file)
     assert seg.SegmentationType == "BINARY"

@@ -29,7 +29,9 @@ def positive(ct: CTSeries, make_prediction: Callable[..., Prediction], tmp_path_
 
 
 @pytest.fixture(scope="module")
-def negative(ct: CTSeries, make_prediction: Callable[..., Prediction], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def negative(
+    ct: CTSeries, make_prediction: Callable[..., Prediction], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     path = tmp_path_factory.mktemp("sr_negative") / "sr.dcm"
     build_sr(ct.datasets, make_prediction(sdh=False, edh=False), None).save_as(path)
     return path
@@ -138,7 +140,7 @@ def test_status_sr_from_one_header_without_pixels(
 ) -> None:
     header = copy.deepcopy(ct.datasets[0])
     del header.PixelData
-    reason = "gantry tilt of 12 degrees is not supported" if state == "not_analysed" else "pixel data could not be decoded"
+    reason = {"not_analysed": "gantry tilt of 12 degrees is not supported", "failed": "pixel data undecodable"}[state]
     sr = build_status_sr([header], state=state, reason=reason, model=model)
     sr.save_as(tmp_path / "status.dcm")
     dciodvfy(tmp_path / "status.dcm")
@@ -181,8 +183,10 @@ def test_ill_sr_arguments(ct: CTSeries, make_prediction: Callable[..., Predictio
         build_sr(ct.datasets, prediction, None)
     with pytest.raises(ValueError, match="seg must be None for a negative series"):
         build_sr(ct.datasets, make_prediction(sdh=False, edh=False), seg)
-    with pytest.raises(ValueError, match="seg must have a segment labelled EDH"):
+    with pytest.raises(ValueError, match=r"seg must have one segment per present finding \['SDH', 'EDH'\]"):
         build_sr(ct.datasets, prediction, build_seg(ct.datasets, make_prediction(edh=False)))
+    with pytest.raises(ValueError, match=r"seg must have one segment per present finding \['SDH'\]"):
+        build_sr(ct.datasets, make_prediction(edh=False), seg)
     with pytest.raises(TypeError, match="seg must be a highdicom Segmentation"):
         build_sr(ct.datasets, prediction, object())
     bad = make_prediction()

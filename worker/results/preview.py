@@ -45,7 +45,8 @@ def _as_volume(sources_or_volume: Sequence[pydicom.Dataset] | np.ndarray) -> np.
     ):
         return np.stack([slice_hu(ds, f"sources_or_volume[{i}]") for i, ds in enumerate(sources_or_volume)])
     raise TypeError(
-        f"sources_or_volume must be a HU volume or a non-empty sequence of Datasets; got {type(sources_or_volume).__name__}"
+        "sources_or_volume must be a HU volume or a non-empty sequence of Datasets; "
+        f"got {type(sources_or_volume).__name__}"
     )
 
 

@@ -169,9 +169,14 @@ def check_prediction(prediction: Prediction, sources: Sequence[pydicom.Dataset])
     for label, name in CLASS_NAMES.items():
         finding = prediction.findings.get(name)
         if finding is None:
-            raise ValueError(f"prediction.findings must state {name} (present or absent); got {sorted(prediction.findings)}")
+            raise ValueError(
+                f"prediction.findings must state {name} (present or absent); got {sorted(prediction.findings)}"
+            )
         if finding.name != name or finding.label != label:
-            raise ValueError(f"prediction.findings[{name!r}] must have name {name} and label {label}; got {finding.name}, {finding.label}")
+            raise ValueError(
+                f"prediction.findings[{name!r}] must have name {name} and label {label}; "
+                f"got {finding.name}, {finding.label}"
+            )
         if finding.present and not np.any(labels == label):
             raise ValueError(f"prediction.labels must contain voxels of present finding {name}; got none")
 

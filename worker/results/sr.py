@@ -202,12 +202,17 @@ def build_sr(
     series_uid = str(headers[0].SeriesInstanceUID)
     present = [findings[name] for name in CLASS_NAMES.values() if findings[name].present]
     if present and seg is None:
-        raise ValueError(f"seg must be given when a finding is present; got None with {[f.name for f in present]} present")
+        raise ValueError(
+            f"seg must be given when a finding is present; got None with {[f.name for f in present]} present"
+        )
     if not present and seg is not None:
         raise ValueError("seg must be None for a negative series; got a Segmentation")
-    groups: list = []
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]
+    groups = []
     evaluations = [
-        hd.sr.QualitativeEvaluation(codes.HEMATOMA_TYPE[name], codes.PRESENT if findings[name].present else codes.ABSENT)
+        hd.sr.QualitativeEvaluation(
+            codes.HEMATOMA_TYPE[name], codes.PRESENT if findings[name].present else codes.ABSENT
+        )
         for name in CLASS_NAMES.values()
     ]
     category = triage_category(findings)
@@ -216,9 +221,11 @@ def build_sr(
     evidence = list(headers)
     if seg is not None:
         numbers = _segment_numbers(seg, series_uid)
+        if set(numbers) != {f.name for f in present}:
+            raise ValueError(
+                f"seg must have one segment per present finding {[f.name for f in present]}; got {sorted(numbers)}"
+            )
         for finding in present:
-            if finding.name not in numbers:
-                raise ValueError(f"seg must have a segment labelled {finding.name}; got {sorted(numbers)}")
             groups.append(_volumetric_group(finding, numbers[finding.name], seg, series_uid, model))
         evidence.append(seg)
     report = hd.sr.MeasurementReport(
