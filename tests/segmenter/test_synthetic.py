@@ -1,0 +1,114 @@
+"""Phantoms: labels inside the skull, SDH crescents vs EDH lenses, unlabelled confounders."""
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.spatial import ConvexHull
+
+from segmenter.findings import EDH, SDH
+from segmenter.synthetic import KINDS, PhantomRanges, make_phantom, write_phantom_series
+
+SEEDS = range(4)
+
+
+def solidity(mask2d: np.ndarray) -> float:
+    """Area over convex-hull area (pixel corners): ~1 for a lens, well below for a crescent."""
+    ys, xs = np.nonzero(mask2d)
+    pts = np.concatenate([np.stack([ys + a, xs + b], 1) for a in (0, 1) for b in (0, 1)]).astype(float)
+    return float(mask2d.sum() / ConvexHull(pts).volume)
+
+
+def largest_slice(mask: np.ndarray) -> np.ndarray:
+    return mask[int(mask.sum(axis=(1, 2)).argmax())]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_lesions_inside_the_skull_and_hyperdense(seed: int, small_ranges: PhantomRanges) -> None:
+    p = make_phantom(seed, "both", small_ranges)
+    assert (p.labels == SDH).any() and (p.labels == EDH).any()
+    bone = p.hu > 300
+    for z in np.flatnonzero(p.labels.any(axis=(1, 2))):
+        # One pixel of slack: blur spreads bone into the lesion's outermost pixels.
+        cavity = ndimage.binary_dilation(ndimage.binary_fill_holes(bone[z]) & ~bone[z])
+        assert not (cavity[0].any() or cavity[-1].any() or cavity[:, 0].any() or cavity[:, -1].any())
+        lab = p.labels[z] > 0
+        assert (lab & ~cavity).sum() <= 0.02 * lab.sum(), f"slice {z}: labels outside the skull"
+    assert np.median(p.hu[p.labels > 0]) > 40  # blood, not brain or bone
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sdh_is_a_crescent_and_edh_a_lens(seed: int, small_ranges: PhantomRanges) -> None:
+    sdh = make_phantom(seed, "sdh", small_ranges)
+    edh = make_phantom(seed, "edh", small_ranges)
+    assert solidity(largest_slice(sdh.labels == SDH)) < 0.75
+    assert solidity(largest_slice(edh.labels == EDH)) > 0.8
+    assert set(np.unique(sdh.labels)) == {0, SDH} and set(np.unique(edh.labels)) == {0, EDH}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sdh_stays_on_one_side_of_the_falx(seed: int, small_ranges: PhantomRanges) -> None:
+    p = make_phantom(seed, "sdh", small_ranges)
+    cols = np.nonzero(p.labels == SDH)[2]
+    mid = (p.hu.shape[2] - 1) / 2
+    share_left = float(np.mean(cols > mid))
+    assert share_left > 0.85 or share_left < 0.15 or abs(p.meta.get("rotation_deg", 0)) > 0
+
+
+@pytest.mark.parametrize("kind", ["negative", "iph"])
+def test_negatives_and_confounders_are_unlabelled(kind: str, small_ranges: PhantomRanges) -> None:
+    for seed in SEEDS:
+        p = make_phantom(seed, kind, small_ranges)
+        assert not p.labels.any()
+        if kind == "iph":
+            assert (p.hu[p.labels == 0] > 55).sum() > 0 and p.meta["iph"]["radius_mm"] > 0
+
+
+def test_same_seed_same_phantom_and_kinds_drawn(small_ranges: PhantomRanges) -> None:
+    a, b = make_phantom(7, None, small_ranges), make_phantom(7, None, small_ranges)
+    assert a.kind == b.kind and a.kind in KINDS
+    assert np.array_equal(a.hu, b.hu) and np.array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.hu, make_phantom(8, a.kind, small_ranges).hu)
+
+
+def test_evaluation_ranges_are_wider() -> None:
+    train, wide = PhantomRanges.training(), PhantomRanges.evaluation()
+    for f in fields(PhantomRanges):
+        t, w = getattr(train, f.name), getattr(wide, f.name)
+        if f.name == "size":
+            continue
+        if isinstance(t, tuple):
+            assert w[0] <= t[0] and w[1] >= t[1] and (w[0] < t[0] or w[1] > t[1]), f.name
+        else:
+            assert w >= t, f.name
+
+
+def test_bad_kind_raises() -> None:
+    with pytest.raises(ValueError, match="kind must be one of"):
+        make_phantom(0, "sah")
+
+
+def test_full_size_phantom_is_fast() -> None:
+    r = PhantomRanges.training()
+    ranges = type(r)(**{**{f.name: getattr(r, f.name) for f in fields(r)}, "n_slices": (40, 40)})
+    t0 = time.process_time()  # CPU time: robust to other work on a shared machine
+    p = make_phantom(3, "sdh", ranges)
+    elapsed = time.process_time() - t0
+    assert p.hu.shape == (40, 512, 512) and p.hu.dtype == np.float32 and p.labels.dtype == np.uint8
+    assert elapsed < 3.0  # about 1-2 s
+
+
+def test_write_phantom_series_round_trip(tmp_path, small_ranges: PhantomRanges) -> None:
+    from segmenter.dicom_io import read_series
+
+    p = make_phantom(1, "edh", small_ranges)
+    info = write_phantom_series(p, tmp_path / p.case_id)
+    series = read_series(tmp_path / p.case_id / "dicom")
+    assert series.volume_hu.shape == p.hu.shape
+    assert np.allclose(series.spacing_mm, p.spacing_mm, atol=1e-3)
+    assert np.abs(series.volume_hu - np.round(p.hu)).max() <= 1.0
+    assert np.array_equal(np.load(info["labels"]), p.labels)
+    assert info["truth"]["kind"] == "edh"
