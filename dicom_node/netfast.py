@@ -1,0 +1,110 @@
+"""Presentation contexts and receive-path tuning for the pynetdicom acceptor.
+
+Measured on the 2-core machine (bench/receive.py; profile with py-spy and strace):
+
+* ``AssociationSocket.recv`` reads in 4 KiB pieces: ~130 ``recv`` calls, each a GIL release and
+  re-acquire, per 512x512 CT slice. When associations overlap, every re-acquire can wait for
+  another thread's switch interval, which is how throughput collapses (pynetdicom #917, #367).
+  :class:`FastSocket` reads each PDU with ``recv_into`` straight into one buffer.
+* pynetdicom deep-copies the server's supported contexts for every association, re-validating
+  each UID with a regular expression: with every storage class in every transfer syntax
+  (~180 x 45 UIDs) that is tens of milliseconds of GIL time per association.
+  :class:`SharedContext` makes that copy shallow (contexts are only read during negotiation).
+"""
+from __future__ import annotations
+
+import copy
+import socket
+from typing import Any
+
+from pydicom._uid_dict import UID_dictionary
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
+                         ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless,
+                         RLELossless)
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+#: Maximum PDU length we announce (bytes); 0 would let a peer send PDUs of any size, which
+#: pynetdicom reads whole into memory, so a large but bounded value.
+MAX_PDU = 4 * 1024 * 1024
+
+#: The acceptor picks the first of these that the requestor proposes for a context: native
+#: syntaxes first (no decoding later, VRs kept), lossless before lossy, big endian last.
+_PREFERRED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+              JPEGLSLossless, JPEG2000Lossless, RLELossless, JPEGLosslessSV1]
+
+
+def transfer_syntaxes() -> list[str]:
+    rest = [ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _PREFERRED and ts != ExplicitVRBigEndian]
+    return [str(ts) for ts in _PREFERRED + rest + [ExplicitVRBigEndian]]
+
+
+def storage_uids() -> list[str]:
+    """pynetdicom's storage SOP classes plus the storage classes of pydicom's UID dictionary that
+    pynetdicom does not list (protocol, inventory, implant template, DICOS, ...)."""
+    uids = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+    known = set(uids)
+    for uid, (name, kind, _, retired, _) in UID_dictionary.items():
+        if (kind == "SOP Class" and "Storage" in name and uid not in known and not retired
+                and "Storage Commitment" not in name and "Media Storage" not in name):
+            uids.append(uid)
+    return uids
+
+
+def storage_contexts() -> list[PresentationContext]:
+    """Verification plus every storage SOP class, each in every transfer syntax."""
+    syntaxes = transfer_syntaxes()
+    return [build_context(Verification)] + [build_context(uid, syntaxes) for uid in storage_uids()]
+
+
+class SharedContext(PresentationContext):
+    """A supported context whose per-association deep copy shares the (immutable) UIDs."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "SharedContext":
+        clone = copy.copy(self)
+        clone._transfer_syntax = list(self._transfer_syntax)
+        return clone
+
+
+class FastSocket(AssociationSocket):
+    """``recv(n)`` fills one preallocated buffer with as few system calls as the kernel allows."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = self.socket
+        if sock is None:
+            return bytearray()
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        got = 0
+        while got < nr_bytes:
+            n = sock.recv_into(view[got:], nr_bytes - got)
+            if n == 0:  # connection closed: return what arrived, as pynetdicom does
+                del view
+                return buffer[:got]
+            got += n
+        return buffer
+
+
+class _RequestHandler(RequestHandler):
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        sock = assoc.dul.socket
+        if type(sock) is AssociationSocket:
+            sock.__class__ = FastSocket
+        return assoc
+
+
+def tune_server(server: ThreadedAssociationServer) -> None:
+    """Apply the receive-path tuning to a started server (before its first association)."""
+    shared = []
+    for cx in server.contexts:
+        clone = SharedContext()
+        clone.__dict__.update(cx.__dict__)
+        shared.append(clone)
+    server.contexts = shared
+    server.RequestHandlerClass = _RequestHandler
+    # Replies are one small PDU per instance; without TCP_NODELAY a response can wait for the
+    # peer's delayed ACK (the 40 ms stalls seen with dcmtk's defaults).
+    server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,0 +1,312 @@
+"""The DICOM receiver: C-ECHO and C-STORE SCP writing every instance durably to the spool.
+
+``handle_store`` never decodes the data set. It walks the element headers of the received
+bytes (:mod:`dicom_node.wire`) for the four UIDs it needs, writes file meta + the bytes as
+received to the spool (fsync, atomic rename, folder fsync), records the instance in the ledger,
+and only then answers Success. Every failure maps to a named status from :mod:`dicom_node.names`
+and is logged; the handler never raises. Below ``node.min_free_disk_gb`` instances are refused
+with 0xA700 so that the sender retries later, and the state is visible in ``Receiver.status()``.
+
+pynetdicom's receive path is tuned in :mod:`dicom_node.netfast` (why: see there).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_file_meta_info
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_node import netfast
+from dicom_node.config import Config
+from dicom_node.ledger import Ledger
+from dicom_node.logs import short_uid
+from dicom_node.names import (LEDGER_FILE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES,
+                              STATUS_SUCCESS)
+from dicom_node.spool import Spool, clean_uid, is_disk_full
+from dicom_node.wire import MalformedDataset, scan
+
+logger = logging.getLogger(__name__)
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+@dataclass
+class ReceiverState:
+    """Counters and the low-disk flag, shared by all association threads.
+
+    ``snapshot()`` is what ``dicom-node status`` shows; the lock also serialises the handlers'
+    ledger writes, so SQLite never makes a receiving thread sleep in its busy handler.
+    """
+
+    min_free_gb: float
+    low_disk: bool = False
+    free_gb: float | None = None
+    stored: int = 0
+    refused_low_disk: int = 0
+    failed: int = 0
+    started_at: float = field(default_factory=time.time)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    assoc_ids: "weakref.WeakKeyDictionary[Any, str]" = field(default_factory=weakref.WeakKeyDictionary,
+                                                             repr=False)
+
+    def disk_checked(self, free_gb: float) -> bool:
+        """Record the free space; returns True when storing may go on. Logs transitions only."""
+        self.free_gb = free_gb
+        low = free_gb < self.min_free_gb
+        if low != self.low_disk:
+            self.low_disk = low
+            if low:
+                logger.error("free disk below node.min_free_disk_gb: refusing instances with 0xA700",
+                             extra={"free_gb": round(free_gb, 2), "min_free_gb": self.min_free_gb})
+            else:
+                logger.info("free disk back above node.min_free_disk_gb: accepting instances",
+                            extra={"free_gb": round(free_gb, 2)})
+        return not low
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"low_disk": self.low_disk, "free_gb": None if self.free_gb is None else round(self.free_gb, 2),
+                "min_free_gb": self.min_free_gb, "stored": self.stored,
+                "refused_low_disk": self.refused_low_disk, "failed": self.failed,
+                "open_associations": len(self.assoc_ids)}
+
+
+def _failure(status: int, comment: str) -> Dataset:
+    rsp = Dataset()
+    rsp.Status = status
+    rsp.ErrorComment = comment[:64]  # LO: 64 characters
+    return rsp
+
+
+# -- event handlers (module level, dependencies bound as arguments) ---------------------------
+def handle_store(event: Event, spool: Spool, ledger: Ledger, state: ReceiverState) -> int | Dataset:
+    """Persist one C-STORE data set; answer Success only once it is on disk and in the ledger."""
+    request = event.request
+    sop_uid = str(request.AffectedSOPInstanceUID or "").rstrip("\x00 ")
+    try:
+        if not state.disk_checked(spool.free_gb()):
+            state.refused_low_disk += 1
+            return _failure(STATUS_OUT_OF_RESOURCES, "receiver disk nearly full; retry later")
+        syntax = event.context.transfer_syntax
+        with request.DataSet.getbuffer() as body:
+            try:
+                header = scan(body, syntax)
+            except MalformedDataset as exc:
+                state.failed += 1
+                logger.warning("refused an undecodable data set", extra={"sop": short_uid(sop_uid), "why": str(exc)})
+                return _failure(STATUS_CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}")
+            problem = _mismatch(header, sop_uid, str(request.AffectedSOPClassUID or ""))
+            if problem:
+                state.failed += 1
+                logger.warning("refused a data set that does not match its request",
+                               extra={"sop": short_uid(sop_uid), "why": problem})
+                return _failure(STATUS_DATASET_MISMATCH, problem)
+            meta = event.file_meta
+            meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title
+            encoded_meta = encode_file_meta(meta)
+
+            def write(fh: Any) -> None:
+                fh.write(_PREAMBLE)
+                fh.write(encoded_meta)
+                fh.write(body)
+
+            path = spool.put_file(header.study_uid, header.series_uid, sop_uid, write)
+        with state.lock:
+            ledger.record_instance(sop_uid, header.study_uid, header.series_uid, header.sop_class_uid, path,
+                                   state.assoc_ids.get(event.assoc))
+            state.stored += 1
+        logger.debug("stored", extra={"sop": short_uid(sop_uid), "series": short_uid(header.series_uid)})
+        return STATUS_SUCCESS
+    except OSError as exc:
+        state.failed += 1
+        logger.exception("cannot write an instance to the spool", extra={"sop": short_uid(sop_uid)})
+        why = "receiver disk full; retry later" if is_disk_full(exc) else f"receiver disk error: {exc.strerror}"
+        return _failure(STATUS_OUT_OF_RESOURCES, why)
+    except Exception as exc:  # noqa: BLE001 - a handler must answer, never raise
+        state.failed += 1
+        logger.exception("unexpected failure while storing an instance", extra={"sop": short_uid(sop_uid)})
+        return _failure(STATUS_CANNOT_UNDERSTAND, f"receiver error: {type(exc).__name__}")
+
+
+def _mismatch(header: Any, sop_uid: str, sop_class_uid: str) -> str | None:
+    try:
+        clean_uid(sop_uid, "Affected SOP Instance UID")
+        clean_uid(header.study_uid, "StudyInstanceUID")
+        clean_uid(header.series_uid, "SeriesInstanceUID")
+    except ValueError as exc:
+        return str(exc)
+    if header.sop_instance_uid != sop_uid:
+        return "SOPInstanceUID differs from the request's Affected SOP Instance UID"
+    if header.sop_class_uid != sop_class_uid.rstrip("\x00 "):
+        return "SOPClassUID differs from the request's Affected SOP Class UID"
+    return None
+
+
+def handle_echo(event: Event) -> int:
+    """C-ECHO: the receiver is up."""
+    return STATUS_SUCCESS
+
+
+def handle_accepted(event: Event, ledger: Ledger, state: ReceiverState) -> None:
+    assoc_id = uuid.uuid4().hex
+    state.assoc_ids[event.assoc] = assoc_id
+    calling = event.assoc.requestor.ae_title
+    try:
+        with state.lock:
+            ledger.open_association(assoc_id, calling)
+    except Exception:  # noqa: BLE001 - the association itself can go on; instances carry the id
+        logger.exception("cannot record an association in the ledger", extra={"assoc": assoc_id})
+    logger.info("association accepted", extra={"assoc": assoc_id, "calling_ae": calling,
+                                                "peer": event.assoc.requestor.address})
+
+
+def handle_closed(event: Event, ledger: Ledger, state: ReceiverState) -> None:
+    assoc_id = state.assoc_ids.pop(event.assoc, None)
+    if assoc_id is None:
+        return  # rejected or never negotiated: nothing was opened
+    try:
+        with state.lock:
+            ledger.close_association(assoc_id)
+    except Exception:  # noqa: BLE001
+        logger.exception("cannot record the end of an association", extra={"assoc": assoc_id})
+    how = "aborted" if event.assoc.is_aborted else "released"
+    logger.info(f"association {how}", extra={"assoc": assoc_id})
+
+
+def handle_rejected(event: Event, allowed: list[str]) -> None:
+    calling = event.assoc.requestor.ae_title
+    reason = ("calling AE title not in node.allowed_calling_aets" if allowed and calling not in allowed
+              else "too many associations (node.max_associations) or called AE title mismatch")
+    logger.warning("association rejected", extra={"calling_ae": calling, "peer": event.assoc.requestor.address,
+                                                  "why": reason})
+
+
+# -- building and starting ----------------------------------------------------------------------
+def make_ae(cfg: Config) -> AE:
+    """The acceptor AE: every storage SOP class in every transfer syntax, limits from config."""
+    node = cfg.node
+    ae = AE(ae_title=node.ae_title)
+    ae.supported_contexts = netfast.storage_contexts()
+    ae.maximum_associations = node.max_associations
+    ae.acse_timeout = node.acse_timeout_s
+    ae.dimse_timeout = node.dimse_timeout_s
+    ae.network_timeout = node.network_timeout_s
+    ae.maximum_pdu_size = netfast.MAX_PDU
+    ae.require_calling_aet = list(node.allowed_calling_aets)
+    return ae
+
+
+def make_server(cfg: Config, spool: Spool, ledger: Ledger,
+                state: ReceiverState | None = None) -> ThreadedAssociationServer:
+    """Start a non-blocking C-STORE/C-ECHO server; stop it with ``server.shutdown()``."""
+    state = state or ReceiverState(cfg.node.min_free_disk_gb)
+    handlers = [
+        (evt.EVT_C_STORE, handle_store, [spool, ledger, state]),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_ACCEPTED, handle_accepted, [ledger, state]),
+        (evt.EVT_CONN_CLOSE, handle_closed, [ledger, state]),
+        (evt.EVT_REJECTED, handle_rejected, [list(cfg.node.allowed_calling_aets)]),
+    ]
+    ae = make_ae(cfg)
+    server = ae.start_server((cfg.node.bind, cfg.node.port), block=False, evt_handlers=handlers)
+    netfast.tune_server(server)
+    return server
+
+
+def rescan(spool: Spool, ledger: Ledger) -> int:
+    """Record spool files the ledger does not know (a crash between rename and commit)."""
+    known = ledger.known_paths()
+    added = 0
+    for path in spool.iter_files():
+        if str(path) in known:
+            continue
+        try:
+            sop_class = str(read_file_meta_info(path).MediaStorageSOPClassUID)
+        except Exception:  # noqa: BLE001 - report and go on with the others
+            logger.exception("spool file unreadable at start-up; left in place", extra={"path": str(path)})
+            continue
+        if ledger.record_instance(path.stem, path.parent.parent.name, path.parent.name, sop_class, path, None):
+            added += 1
+    if added:
+        logger.warning("recorded spool files missing from the ledger", extra={"count": added})
+    return added
+
+
+@dataclass
+class Receiver:
+    """A running receiver: the server, its spool and its state."""
+
+    server: ThreadedAssociationServer
+    spool: Spool
+    state: ReceiverState
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def status(self) -> dict[str, Any]:
+        return self.state.snapshot()
+
+    def shutdown(self) -> None:
+        self.server.shutdown()
+
+
+def start_receiver(cfg: Config, ledger: Ledger, spool: Spool | None = None) -> Receiver:
+    """Prepare the spool (drop partial writes, rescan) and start listening.
+
+    Run once at start, before anything else uses the ledger's association records: every
+    association of a previous run is closed, and an instance renamed into the spool but not
+    committed to the ledger before a crash is recorded now, so no acknowledged instance is lost.
+    """
+    spool = spool or Spool(cfg.data_dir)
+    spool.clean_tmp()
+    ledger.close_all_associations()
+    rescan(spool, ledger)
+    state = ReceiverState(cfg.node.min_free_disk_gb)
+    state.disk_checked(spool.free_gb())
+    server = make_server(cfg, spool, ledger, state)
+    logger.info("receiver listening", extra={"ae_title": cfg.node.ae_title, "bind": cfg.node.bind,
+                                             "port": server.server_address[1]})
+    return Receiver(server=server, spool=spool, state=state)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dicom_node.scp [--config PATH]``: the receiver alone, until SIGTERM/SIGINT.
+
+    ``dicom-node serve`` runs the receiver with the rest of the node; this entry point exists for
+    benchmarks and for debugging the receive path in isolation.
+    """
+    import argparse
+    import signal
+
+    from dicom_node.config import load_config
+    from dicom_node.logs import setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m dicom_node.scp", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--config", metavar="PATH")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config)
+    setup_logging(cfg.logging.level, args.debug)
+    ledger = Ledger(cfg.data_dir / LEDGER_FILE)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    receiver = start_receiver(cfg, ledger)
+    stop.wait()
+    receiver.shutdown()
+    logger.info("receiver stopped", extra=receiver.status())
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,181 @@
+"""The durable spool: every acknowledged instance is a complete, fsynced file.
+
+Layout under ``node.data_dir``::
+
+    tmp/<random>.part                          partial writes (removed by ``clean_tmp`` at start)
+    spool/<study uid>/<series uid>/<sop uid>.dcm
+
+A file only appears under ``spool/`` by ``os.replace`` from ``tmp/`` (same filesystem) after
+its bytes were fsynced, and the containing folder is fsynced after the rename, so a crash or
+power cut leaves either the whole file or none. No pydicom here: callers hand over bytes.
+
+Idempotency: storing the same SOP Instance UID twice replaces the file atomically (last write
+wins, as a PACS does when an instance is resent); a reader never sees a mix of both versions.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator, Union
+
+from dicom_node.names import DICOM_SUFFIX, SPOOL_DIR, TMP_DIR
+
+logger = logging.getLogger(__name__)
+
+#: PS3.5 9.1: digits and dots, components without leading zeros are not checked here (some
+#: vendors emit them and they are still unique), at most 64 characters.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_PART_SUFFIX = ".part"
+
+WriteFn = Callable[[BinaryIO], None]
+Payload = Union[bytes, bytearray, memoryview, BinaryIO, WriteFn]
+
+
+def clean_uid(value: object, what: str = "UID") -> str:
+    """Return ``value`` as a UID safe to use as a path component.
+
+    Trailing NUL and space padding (PS3.5 9.1) is removed; anything but digits and dots is
+    refused rather than rewritten, so two different UIDs can never map to the same file.
+
+    Raises
+    ------
+    ValueError
+        When the value is empty, longer than 64 characters or not digits and dots.
+    """
+    text = str(value if value is not None else "").rstrip("\x00 ").strip()
+    if not text or len(text) > 64 or not _UID.match(text):
+        raise ValueError(f"{what} must be 1-64 digits and dots; got {text[:80]!r}")
+    return text
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Atomic, fsynced instance storage under ``data_dir``.
+
+    Parameters
+    ----------
+    data_dir : str or pathlib.Path
+        The node's data folder; ``spool/`` and ``tmp/`` are created in it.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.spool_dir = self.data_dir / SPOOL_DIR
+        self.tmp_dir = self.data_dir / TMP_DIR
+        for path in (self.spool_dir, self.tmp_dir):
+            self._makedirs(path)
+
+    # -- paths ---------------------------------------------------------------------------
+    def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """The final path of an instance; raises ``ValueError`` for unsafe UIDs."""
+        return (self.spool_dir / clean_uid(study_uid, "StudyInstanceUID")
+                / clean_uid(series_uid, "SeriesInstanceUID")
+                / (clean_uid(sop_uid, "SOPInstanceUID") + DICOM_SUFFIX))
+
+    def _makedirs(self, path: Path) -> None:
+        """Create ``path`` and its missing parents, fsyncing each parent that gained an entry."""
+        missing: list[Path] = []
+        probe = path
+        while not probe.is_dir():
+            missing.append(probe)
+            probe = probe.parent
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue  # another association created it first; its creator fsyncs the parent
+            _fsync_dir(folder.parent)
+
+    # -- writing -------------------------------------------------------------------------
+    def put_file(self, study_uid: str, series_uid: str, sop_uid: str, data: Payload) -> Path:
+        """Store one instance durably and return its path.
+
+        Parameters
+        ----------
+        study_uid, series_uid, sop_uid : str
+            Name the folder and file; sanitised with :func:`clean_uid`.
+        data : bytes, binary file object or callable
+            The complete file content; a callable receives the open temporary file and writes
+            into it (so large payloads need not be joined in memory first).
+
+        Returns
+        -------
+        pathlib.Path
+            ``spool/<study>/<series>/<sop>.dcm``, complete and fsynced (file and folder).
+
+        Raises
+        ------
+        ValueError
+            A UID is not digits and dots.
+        OSError
+            The disk is full or not writable; the temporary file is removed first.
+        """
+        final = self.path_for(study_uid, series_uid, sop_uid)
+        tmp = self.tmp_dir / (uuid.uuid4().hex + _PART_SUFFIX)
+        try:
+            with open(tmp, "xb") as fh:
+                if callable(data):
+                    data(fh)
+                elif isinstance(data, (bytes, bytearray, memoryview)):
+                    fh.write(data)
+                else:
+                    shutil.copyfileobj(data, fh, 1 << 20)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.replace(tmp, final)
+            except FileNotFoundError:
+                # First instance of the series (or its folder was moved away meanwhile).
+                self._makedirs(final.parent)
+                os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return final
+
+    # -- start-up and housekeeping ----------------------------------------------------------
+    def clean_tmp(self) -> int:
+        """Remove partial writes left by a crash; returns how many files were removed."""
+        removed = 0
+        for entry in os.scandir(self.tmp_dir):
+            if entry.is_file(follow_symlinks=False) and entry.name.endswith(_PART_SUFFIX):
+                os.unlink(entry.path)
+                removed += 1
+        if removed:
+            _fsync_dir(self.tmp_dir)
+            logger.warning("removed partial writes from an earlier run", extra={"count": removed})
+        return removed
+
+    def free_gb(self) -> float:
+        """Free space for this user on the spool's filesystem, in GB (1e9 bytes)."""
+        return shutil.disk_usage(self.spool_dir).free / 1e9
+
+    def iter_files(self) -> Iterator[Path]:
+        """Every ``spool/<study>/<series>/<sop>.dcm`` file (for the start-up rescan)."""
+        for study in sorted(os.scandir(self.spool_dir), key=lambda e: e.name):
+            if not study.is_dir(follow_symlinks=False):
+                continue
+            for series in sorted(os.scandir(study.path), key=lambda e: e.name):
+                if not series.is_dir(follow_symlinks=False):
+                    continue
+                for entry in sorted(os.scandir(series.path), key=lambda e: e.name):
+                    if entry.name.endswith(DICOM_SUFFIX) and entry.is_file(follow_symlinks=False):
+                        yield Path(entry.path)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for the OSErrors that mean 'no space' (the sender should retry later)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
