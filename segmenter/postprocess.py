@@ -131,7 +131,7 @@ def findings_from_labels(labels: np.ndarray, comps: np.ndarray, probs: np.ndarra
             findings[name] = Finding(name, c, False, 0.0, 0.0, None, 0.0, 0)
             continue
         conf = float(probs[:, c][mask].mean()) if probs is not None else 1.0
-        findings[name] = Finding(name, c, vol >= min_present_ml, round(vol, 3),
+        findings[name] = Finding(name, c, vol >= min_present_ml, float(vol),
                                  round(max_thickness_mm(mask, spacing_mm), 2),
                                  laterality(mask, comps, spacing_mm, midline_col, row_direction),
                                  round(conf, 4), n)
