@@ -122,7 +122,7 @@ def _save(path: Path, **payload: Any) -> None:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
-          cases: Sequence[Any] | None = None) -> dict[str, Any]:
+          cases: Sequence[Any] | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """Train, writing ``last.pt``, ``best.pt`` and ``metrics.json`` into ``out_dir`` every epoch.
 
     Parameters
@@ -135,6 +135,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         Continue from ``out_dir/last.pt`` when it exists.
     cases:
         Cases to use instead of loading ``cfg.dataset`` (tests).
+    stop_after:
+        Run at most this many epochs in this call (a time-boxed slice of a longer run; the
+        schedule still spans ``cfg.epochs``, so a later ``resume`` continues it exactly).
 
     Returns
     -------
@@ -171,7 +174,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     total = cfg.epochs * cfg.iters_per_epoch
-    for epoch in range(start, cfg.epochs):
+    end = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
+    for epoch in range(start, end):
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         rng = np.random.default_rng([cfg.seed, epoch])
         model.train()
@@ -237,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device")
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--stop-after", type=int, help="epochs to run in this invocation")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -249,6 +254,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                       workers=a.workers, threads=a.threads, device=a.device, model=model,
                       sampler=SamplerConfig(crop=a.crop))
     logger.info("command: python -m segmenter train %s", " ".join(argv if argv is not None else sys.argv[1:]))
-    result = train(cfg, out, resume=a.resume)
+    result = train(cfg, out, resume=a.resume, stop_after=a.stop_after)
     logger.info("done: best score %.4f", result["best_score"])
     return 0
