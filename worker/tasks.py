@@ -49,7 +49,9 @@ def segment(cfg: Config, job_id: int, manifest_path: str, *, redelivered: bool =
 def register_tasks(app: Celery, cfg: Config) -> Task:
     """Register ``worker.tasks.segment_series`` on ``app``, bound to ``cfg`` (no globals)."""
 
-    @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+    # shared=False: Celery's default registers a task in every app created later, so a second
+    # app (another config) would run the first app's closure over the first config.
+    @app.task(name=TASK_NAME, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True)
     def segment_series(self: Task, job_id: int, manifest_path: str) -> dict[str, Any]:
         info = self.request.delivery_info or {}
         return segment(cfg, int(job_id), str(manifest_path), redelivered=bool(info.get("redelivered")))
