@@ -166,10 +166,6 @@ def read_summary(path: str | Path, sop_uid: str) -> HeaderSummary:
     try:
         with open(path, "rb") as fh:
             ds = read_partial(fh, stop_when=at_pixels)
-            # Touch every element now: pydicom parses values lazily, and a malformed value must
-            # count against this file here, not surface later in a check.
-            for _ in ds.iterall():
-                pass
         if "SOPClassUID" not in ds:
             # pydicom stops quietly at the end of a truncated file; a real instance always
             # carries its SOP Class.

@@ -93,6 +93,9 @@ def status_snapshot(ledger: Ledger, cfg: Config, now: float, limit: int = 50) ->
     running = bool(state) and not state.get("stopped_at") and fresh and _pid_alive(state.get("pid"))
     free_gb = shutil.disk_usage(cfg.data_dir).free / 1e9
     receiver = {**ledger.receiver_summary(), **(state.get("receiver") or {})}
+    if not running:
+        # The ledger still lists associations a killed node never closed; none can be open now.
+        receiver["open_associations"] = 0
     receiver.update({
         "last_instance_at": iso(receiver.get("last_instance_at")),
         "disk_free_gb": round(free_gb, 2),

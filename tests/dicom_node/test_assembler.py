@@ -246,3 +246,28 @@ def test_real_files(cfg, ledger, tmp_path, kw, expected):
         assert job.state == JobState.COMPLETE
     else:
         assert job.state == JobState.NOT_ANALYSED and expected in job.reason, job.reason
+
+
+@pytest.mark.parametrize("damage,expected", [
+    (lambda data: data[:300], "no SOPClassUID"),  # truncated in the header
+    (lambda data: b"not dicom at all" * 20, "InvalidDicomError"),
+    (lambda data: b"", "InvalidDicomError"),
+    (None, "FileNotFoundError"),
+])
+def test_read_summary_records_why_a_file_is_unreadable(ct12, tmp_path, damage, expected):
+    from dicom_node.headers import read_summary
+
+    path = tmp_path / "x.dcm"
+    if damage is not None:
+        path.write_bytes(damage(ct12[0].read_bytes()))
+    summary = read_summary(path, "1.2.3")
+    assert summary.error and summary.error.startswith("unreadable DICOM file") and expected in summary.error
+    assert summary.modality is None and not summary.has_pixel_data
+
+
+def test_read_summary_round_trip(ct12):
+    from dicom_node.headers import HeaderSummary, read_summary
+
+    summary = read_summary(ct12[0], "1.2.3")
+    assert summary.error is None and summary.has_pixel_data and summary.rows == 64
+    assert HeaderSummary.from_dict(summary.to_dict()) == summary
