@@ -126,7 +126,8 @@ class Node:
         for name, call in stages:
             try:
                 results[name] = call()
-                self.stage_errors.pop(name, None)
+                if self.stage_errors.pop(name, None) is not None:
+                    logger.info("stage recovered", extra={"stage": name})
             except Exception as exc:  # noqa: BLE001 - the loop must outlive one stage's bug
                 if self.stage_errors.get(name) != repr(exc):
                     logger.exception("stage failed; retrying on the next pass", extra={"stage": name})
@@ -141,7 +142,11 @@ class Node:
 
         self.receiver = start_receiver(self.cfg, self.ledger)
         if self.cfg.http.enabled:
-            self.http = StatusServer(self.cfg, self.status, self.health)
+            try:
+                self.http = StatusServer(self.cfg, self.status, self.health)
+            except OSError:
+                self.receiver.shutdown()  # leave nothing listening behind
+                raise
             self.http.start()
         self._loop = threading.Thread(target=self._run, name="node-loop", daemon=True)
         self._loop.start()

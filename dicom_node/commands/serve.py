@@ -6,6 +6,7 @@ at start with the AE title, port, data folder and broker (password removed).
 from __future__ import annotations
 
 import argparse
+import sys
 
 from dicom_node.config import Config
 
@@ -17,4 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from dicom_node.node import Node
 
-    return Node(cfg).serve_forever()
+    try:
+        return Node(cfg).serve_forever()
+    except OSError as exc:
+        # Typically a port in use; exit 1 so that systemd retries (Restart=on-failure).
+        print(f"dicom-node: cannot start: {exc.strerror or exc} (node.bind/node.port "
+              f"{cfg.node.bind}:{cfg.node.port}, http.bind/http.port {cfg.http.bind}:{cfg.http.port})",
+              file=sys.stderr)
+        return 1

@@ -264,3 +264,15 @@ def test_kill9_before_submission_and_after_broker_loss(tmp_path, procs, redis_po
     assert any((e[2] or "").startswith("requeued: task no longer in the queue") for e in ledger.events(job.id))
     assert third.terminate() == 0
     ledger.close()
+
+
+@pytest.mark.network
+def test_serve_exits_1_when_the_port_is_taken(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = write_config(tmp_path, http={"port": taken.getsockname()[1]})
+        proc = subprocess.run([str(EXE), "--config", str(config), "serve"], capture_output=True, text=True,
+                              timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "dicom-node: cannot start: Address already in use" in proc.stderr and "Traceback" not in proc.stderr
