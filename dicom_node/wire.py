@@ -162,3 +162,31 @@ def scan(encoded: bytes | memoryview, transfer_syntax: str) -> Header:
         study_uid=_text(found.get(STUDY_INSTANCE_UID)),
         series_uid=_text(found.get(SERIES_INSTANCE_UID)),
     )
+
+
+def _element(group_elem: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return struct.pack("<HH2sHL", 0x0002, group_elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, group_elem, vr, len(value)) + value
+
+
+def _pad(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii", "replace")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, implementation_uid: str,
+              implementation_version: str, source_ae: str) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1), ready to prepend to
+    a data set as received. Built by hand because pydicom's writer costs ~0.3 ms per instance
+    (UID validation), a sizeable share of the receive path."""
+    body = b"".join((
+        _element(0x0001, b"OB", b"\x00\x01"),
+        _element(0x0002, b"UI", _pad(sop_class_uid, b"\x00")),
+        _element(0x0003, b"UI", _pad(sop_instance_uid, b"\x00")),
+        _element(0x0010, b"UI", _pad(transfer_syntax, b"\x00")),
+        _element(0x0012, b"UI", _pad(implementation_uid, b"\x00")),
+        _element(0x0013, b"SH", _pad(implementation_version, b" ")),
+        _element(0x0016, b"AE", _pad(source_ae.strip() or "UNKNOWN", b" ")),
+    ))
+    return b"\x00" * 128 + b"DICM" + _element(0x0000, b"UL", struct.pack("<L", len(body))) + body
