@@ -1,0 +1,42 @@
+"""Project-wide test fixtures: free ports and system tools (dcmtk, ...) that fail clearly.
+
+Keep this small; stage-specific fixtures live in each test folder's conftest.
+"""
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+#: Where the console scripts of this virtualenv live (dicom-node, dciodvfy, ...).
+VENV_BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _find_tool(name: str) -> str:
+    for candidate in (VENV_BIN / name, shutil.which(name), Path("/usr/sbin") / name):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    pytest.fail(f"{name} is not installed; install the system test tools (apt-get install dcmtk orthanc "
+                f"redis-server) and the test extras (pip install -c constraints.txt -e .[test])")
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """``free_port()`` returns a TCP port free on 127.0.0.1 right now."""
+    return _free_port
+
+
+@pytest.fixture(scope="session")
+def tool() -> Callable[[str], str]:
+    """``tool("storescu")`` returns the tool's path, or fails the test saying how to install it."""
+    return _find_tool
