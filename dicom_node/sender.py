@@ -47,72 +47,16 @@ def files_for(result: dict[str, Any] | None, dest: Destination) -> list[dict[str
     return [f for f in (result or {}).get("files", []) if f.get("type") in dest.send]
 
 
-def pynetdicom_send(dest: Destination, paths: Sequence[Path], calling_ae: str) -> list[int | None]:
-    """C-STORE ``paths`` over one association, requesting exactly their SOP classes.
+def scu_send(dest: Destination, paths: Sequence[Path], calling_ae: str) -> list[int | None]:
+    """C-STORE ``paths`` with ``dicom_node.scu`` (exact SOP classes, the file's own syntax plus the
+    destination's ``transfer_syntax``), time-boxed by ``dest.timeout_s``; one status per file.
 
-    For each class the destination's ``transfer_syntax`` is offered, and the file's own syntax
-    too; a file is converted when only the destination's syntax was accepted.
+    Raises ``scu.DeliveryError`` when the peer cannot be reached, rejects or aborts.
     """
-    from pydicom import dcmread
-    from pynetdicom import AE
+    from dicom_node.scu import send_files
 
-    datasets = [dcmread(p) for p in paths]
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = dest.timeout_s
-    ae.connection_timeout = dest.timeout_s
-    wanted: dict[str, list[str]] = {}
-    for ds in datasets:
-        syntaxes = wanted.setdefault(str(ds.SOPClassUID), [dest.transfer_syntax])
-        own = str(ds.file_meta.TransferSyntaxUID)
-        if own not in syntaxes:
-            syntaxes.append(own)
-    for sop_class, syntaxes in wanted.items():
-        ae.add_requested_context(sop_class, syntaxes)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
-    if not assoc.is_established:
-        raise ConnectionError(f"association with {dest.ae_title}@{dest.host}:{dest.port} was "
-                              f"{'rejected' if assoc.is_rejected else 'not established'}")
-    statuses: list[int | None] = []
-    try:
-        for ds in datasets:
-            accepted = {str(c.transfer_syntax[0]) for c in assoc.accepted_contexts
-                        if c.abstract_syntax == ds.SOPClassUID}
-            if not accepted:
-                statuses.append(None)  # class refused: counts as a failure of this delivery
-                continue
-            ds = _convert(ds, accepted, dest.transfer_syntax)
-            status = assoc.send_c_store(ds)
-            statuses.append(int(status.Status) if "Status" in status else None)
-            if not assoc.is_established:
-                break
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    return statuses + [None] * (len(datasets) - len(statuses))
-
-
-def _convert(ds: Any, accepted: set[str], preferred: str) -> Any:
-    """Re-encode ``ds`` in ``preferred`` when the peer accepted only that one of our offers."""
-    from io import BytesIO
-
-    from pydicom import dcmread
-    from pydicom.uid import UID
-
-    own = str(ds.file_meta.TransferSyntaxUID)
-    if own in accepted and (own == preferred or preferred not in accepted):
-        return ds
-    target = UID(preferred)
-    if own != preferred and UID(own).is_compressed:
-        ds.decompress()
-    if target.is_compressed:
-        ds.compress(target, generate_instance_uid=False)
-        return ds
-    buffer = BytesIO()
-    ds.file_meta.TransferSyntaxUID = target
-    ds.save_as(buffer, implicit_vr=target.is_implicit_VR, little_endian=target.is_little_endian,
-               enforce_file_format=True)
-    buffer.seek(0)
-    return dcmread(buffer)
+    results = send_files(paths, dest, calling_ae, dest.transfer_syntax, dest.timeout_s)
+    return [r.status for r in results]
 
 
 class Sender:
@@ -136,7 +80,7 @@ class Sender:
                  send: SendFn | None = None, rng: random.Random | None = None) -> None:
         self.cfg, self.ledger = cfg, ledger
         self.data_dir = Path(data_dir if data_dir is not None else cfg.data_dir)
-        self._send = send or (lambda dest, paths: pynetdicom_send(dest, paths, cfg.node.ae_title))
+        self._send = send or (lambda dest, paths: scu_send(dest, paths, cfg.node.ae_title))
         self.rng = rng or random.Random()
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()

@@ -8,6 +8,7 @@ phantom's truth, where the result files and the PNG preview are, and what the PA
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 import sys
 import tempfile
@@ -95,8 +96,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from dicom_node.commands.process import format_table
     from dicom_node.demo_pacs import start_demo_pacs
     from dicom_node.node import Node
-    from dicom_node.sender import pynetdicom_send
+    from dicom_node.scu import send_files
 
+    if not getattr(args, "debug", False):
+        logging.getLogger().setLevel("WARNING")  # the progress lines below tell the story
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="dural-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     cfg = demo_config(cfg, root, args.weights)
@@ -112,8 +115,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         print(f"  synthetic head CT ({args.kind}, seed {args.seed}): {len(files)} slices; truth "
               + ", ".join(f"{k} {v:.1f} mL" for k, v in truth.items()))
         to_node = Destination(name="node", ae_title=cfg.node.ae_title, host="127.0.0.1", port=cfg.node.port)
-        statuses = pynetdicom_send(to_node, files, "DEMO_SCANNER")
-        print(f"  sent {sum(s == 0 for s in statuses)}/{len(files)} slices to the node", flush=True)
+        results = send_files(files, to_node, "DEMO_SCANNER")
+        print(f"  sent {sum(r.ok for r in results)}/{len(files)} slices to the node", flush=True)
         job = wait_for_job(node, series_uid, args.timeout)
     finally:
         node.stop()
