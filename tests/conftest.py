@@ -4,7 +4,10 @@ Keep this small; stage-specific fixtures live in each test folder's conftest.
 """
 from __future__ import annotations
 
+import functools
+import os
 import shutil
+import subprocess
 import socket
 import sys
 from pathlib import Path
@@ -30,6 +33,20 @@ def _find_tool(name: str) -> str:
                 f"redis-server) and the test extras (pip install -c constraints.txt -e .[test])")
 
 
+@functools.lru_cache(maxsize=None)
+def _find_dcmtk(name: str) -> str:
+    # pynetdicom installs apps with dcmtk's names (storescu, echoscu, ...) into the virtualenv;
+    # look outside it, and check that the binary really is dcmtk.
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != VENV_BIN.resolve()]
+    for folder in dirs + ["/usr/bin", "/usr/local/bin"]:
+        candidate = Path(folder) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            version = subprocess.run([str(candidate), "--version"], capture_output=True, text=True, timeout=30)
+            if "dcmtk" in (version.stdout + version.stderr).lower():
+                return str(candidate)
+    pytest.fail(f"dcmtk's {name} is not installed; install the system test tools (apt-get install dcmtk)")
+
+
 @pytest.fixture
 def free_port() -> Callable[[], int]:
     """``free_port()`` returns a TCP port free on 127.0.0.1 right now."""
@@ -40,3 +57,9 @@ def free_port() -> Callable[[], int]:
 def tool() -> Callable[[str], str]:
     """``tool("storescu")`` returns the tool's path, or fails the test saying how to install it."""
     return _find_tool
+
+
+@pytest.fixture(scope="session")
+def dcmtk() -> Callable[[str], str]:
+    """``dcmtk("storescu")``: dcmtk's binary, never pynetdicom's app of the same name."""
+    return _find_dcmtk
