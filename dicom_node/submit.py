@@ -60,8 +60,9 @@ class _Submitter:
     def _send(self, job_id: int, manifest_rel: str, lane: str, task_id: str) -> None:
         raise NotImplementedError
 
-    def _in_flight(self, task_ids: set[str], now: float) -> set[str] | None:
-        """Which of ``task_ids`` the queue still holds; None when that cannot be known now."""
+    def _in_flight(self, task_ids: set[str], now: float, waiting_only: bool = False) -> set[str] | None:
+        """Which of ``task_ids`` the queue still holds (with ``waiting_only``: waiting in a lane,
+        not reserved by a worker); None when that cannot be known now."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -98,7 +99,10 @@ class _Submitter:
         base = self.data_dir.resolve()
         for path in self.ledger.instance_paths(job.id):
             full = (self.data_dir / path).resolve() if not path.is_absolute() else path.resolve()
-            instances.append(os.path.relpath(full, base))
+            rel = os.path.relpath(full, base)
+            if rel.startswith(".."):
+                raise ValueError(f"instance file {full} is outside node.data_dir {base}; workers cannot reach it")
+            instances.append(rel)
         data = {"format": FORMAT, "job_id": job.id, "series_uid": job.series_uid, "study_uid": job.study_uid,
                 "instances": sorted(instances), "lane": lane, "mode": mode, "state": report.get("state"),
                 "reason": report.get("reason"), "fail_stage": report.get("fail_stage"),
@@ -145,7 +149,14 @@ class _Submitter:
                 logger.error("job failed: task lost too often", extra={**log, "submissions": job.submissions})
                 counts["failed"] += 1
             return
-        manifest = self._write_manifest(job, lane, "analyse")
+        try:
+            manifest = self._write_manifest(job, lane, "analyse")
+        except ValueError as exc:
+            if self.ledger.transition(job.id, JobState.FAILED, reason=str(exc), fail_stage=FailStage.QUEUE,
+                                      expect=[JobState.COMPLETE], now=now):
+                logger.error("job failed: cannot be handed to a worker", extra={**log, "reason": str(exc)})
+                counts["failed"] += 1
+            return
         task_id = f"job{job.id}-{job.submissions + 1}-{uuid.uuid4().hex[:12]}"
         try:
             self._send(job.id, manifest, lane, task_id)
@@ -190,6 +201,12 @@ class _Submitter:
                         job.id, JobState.RUNNING, expect=[JobState.QUEUED], now=now, detail="worker heartbeat"):
                     counts["running"] += 1
             elif job.state == JobState.RUNNING:
+                # A pool process that died hands its task back to the lane (reject_on_worker_lost):
+                # it waits for a worker there and is not lost. A dead whole worker leaves it in
+                # ``unacked`` until the visibility timeout, which is no sign of life.
+                waiting = self._in_flight({job.task_id or ""}, now, waiting_only=True)
+                if waiting is None or waiting:
+                    continue
                 why = f"worker heartbeat {'missing' if age is None else f'stale for {age:.0f} s'}"
                 self._lost(job, why, now, counts)
             elif job.task_id:
@@ -314,7 +331,7 @@ class EmbeddedSubmitter(_Submitter):
                 with self._lock:
                     self._pending.discard(task_id)
 
-    def _in_flight(self, task_ids: set[str], now: float) -> set[str] | None:
+    def _in_flight(self, task_ids: set[str], now: float, waiting_only: bool = False) -> set[str] | None:
         with self._lock:
             return task_ids & self._pending
 
@@ -347,7 +364,8 @@ class CelerySubmitter(_Submitter):
             task_serializer="json", accept_content=["json"], task_ignore_result=True,
             broker_connection_retry_on_startup=True)
         self.redis = redis.Redis.from_url(opts.broker_url, socket_timeout=5, socket_connect_timeout=5)
-        self._held: set[str] = set()
+        self._in_lanes: set[str] = set()
+        self._unacked: set[str] = set()
         self._checked_at = float("-inf")
 
     def _send(self, job_id: int, manifest_rel: str, lane: str, task_id: str) -> None:
@@ -355,7 +373,7 @@ class CelerySubmitter(_Submitter):
                            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
                                          "interval_max": 1})
 
-    def _in_flight(self, task_ids: set[str], now: float) -> set[str] | None:
+    def _in_flight(self, task_ids: set[str], now: float, waiting_only: bool = False) -> set[str] | None:
         """Task ids found in a lane list or in kombu's ``unacked`` hash (reserved by a worker)."""
         if now - self._checked_at >= BROKER_CHECK_INTERVAL_S:
             try:
@@ -367,13 +385,10 @@ class CelerySubmitter(_Submitter):
             except Exception as exc:
                 logger.warning("broker unreachable; cannot check queued tasks", extra={"error": str(exc)[:200]})
                 return None
-            held: set[str] = set()
-            for raw in [m for lane in lanes for m in lane]:
-                held.add(_task_id(raw, unacked=False))
-            for raw in unacked:
-                held.add(_task_id(raw, unacked=True))
-            self._held, self._checked_at = held, now
-        return task_ids & self._held
+            self._in_lanes = {_task_id(raw, unacked=False) for lane in lanes for raw in lane}
+            self._unacked = {_task_id(raw, unacked=True) for raw in unacked}
+            self._checked_at = now
+        return task_ids & (self._in_lanes if waiting_only else self._in_lanes | self._unacked)
 
     def close(self) -> None:
         self.redis.close()
