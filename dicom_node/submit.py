@@ -275,9 +275,14 @@ class _Submitter:
                 return
         task_id = f"job{job.id}-report{attempt + 1}-{uuid.uuid4().hex[:12]}"
         lane = job.lane if job.lane in LANES else LANES[0]
-        rel = self._write_manifest(job, lane, "report", state=job.state.value,
-                                   reason=job.reason or "not analysed", fail_stage=job.fail_stage,
-                                   extra={"attempt": attempt + 1, "task_id": task_id})
+        try:
+            rel = self._write_manifest(job, lane, "report", state=job.state.value,
+                                       reason=job.reason or "not analysed", fail_stage=job.fail_stage,
+                                       extra={"attempt": attempt + 1, "task_id": task_id})
+        except ValueError as exc:
+            self.ledger.record_result(job.id, {**base, "files": [], "report_error": str(exc)}, now=now,
+                                      detail=f"no status report: {exc}")
+            return
         try:
             self._send(job.id, rel, lane, task_id)
         except Exception as exc:

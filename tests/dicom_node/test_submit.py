@@ -213,11 +213,25 @@ def test_celery_submitter_publishes_by_name_and_notices_an_emptied_broker(node, 
         client.lpop("stat")
         client.hset("unacked", "tag-1", json.dumps([message, "", "stat"]))
         assert sub.run_once(ledger, now + 10)["lost"] == 0
+        # It runs (heartbeat), then its pool process dies: the message goes back to the lane.
+        beat = cfg.data_dir / "results" / str(job_id) / HEARTBEAT_FILE
+        beat.write_text("host 1")
+        os.utime(beat, (now + 10, now + 10))
+        assert sub.run_once(ledger, now + 12)["running"] == 1
+        client.hdel("unacked", "tag-1")
+        client.rpush("stat", raw)
+        assert sub.run_once(ledger, now + 100)["lost"] == 0  # stale, but waiting for a worker
+        assert ledger.job(job_id).state == JobState.RUNNING
         client.flushdb()  # Redis restarted without persistence
-        sub.run_once(ledger, now + 15)
-        counts = sub.run_once(ledger, now + 20)
+        counts = sub.run_once(ledger, now + 103)
         assert counts["lost"] == 1 and counts["submitted"] == 1
         assert ledger.job(job_id).submissions == 2 and client.llen("stat") == 1
+        assert any("heartbeat stale" in (d or "") for _, _, d in ledger.events(job_id))
+        # Queued again and then gone from Redis: lost after the grace period.
+        client.flushdb()
+        sub.run_once(ledger, now + 110)
+        assert sub.run_once(ledger, now + 115)["lost"] == 1
+        assert any("no longer in the queue" in (d or "") for _, _, d in ledger.events(job_id))
     finally:
         sub.close()
         client.close()
@@ -237,3 +251,22 @@ def test_broker_down_leaves_job_complete_without_counting(node):
         sub.close()
     job = ledger.job(job_id)
     assert job.state == JobState.COMPLETE and job.submissions == 0
+
+
+def test_files_outside_data_dir_fail_visibly(node, tmp_path):
+    cfg, ledger = node
+    outside = make_test_series(tmp_path / "elsewhere", n_slices=10, rows=32, cols=32)
+    for path in outside:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ledger.record_instance(ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID, CT, path, None)
+    job_id = ledger.jobs()[-1].id
+    ledger.transition(job_id, JobState.COMPLETE)
+    sub = EmbeddedSubmitter(cfg)
+    try:
+        assert sub.run_once(ledger, time.time())["failed"] == 1
+        sub.run_once(ledger, time.time())
+    finally:
+        sub.close()
+    job = ledger.job(job_id)
+    assert job.state == JobState.FAILED and job.fail_stage == FailStage.QUEUE and "outside node.data_dir" in job.reason
+    assert job.result["files"] == [] and "outside" in job.result["report_error"]
