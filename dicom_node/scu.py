@@ -172,7 +172,7 @@ def _send_one(assoc, ds: Dataset, path: Path | None) -> InstanceResult:  # type:
         # No accepted context in the file's own (compressed) syntax: send it decompressed.
         try:
             plain = copy.deepcopy(ds)
-            plain.decompress()
+            plain.decompress(generate_instance_uid=False)
             rsp = assoc.send_c_store(plain)
         except Exception as exc:  # noqa: BLE001 - reported per instance
             return InstanceResult(sop_uid, sop_class, None, f"peer accepted no usable transfer syntax: {exc}", path)
