@@ -1,0 +1,185 @@
+"""Receive throughput: the node (``dicom-node serve``) against dcmtk ``storescp``, same sender.
+
+Sends synthetic 512x512 CT series over loopback with dcmtk ``storescu`` (``TCP_NODELAY=1``, so
+dcmtk's Nagle stalls do not distort either side) to
+
+* the node, started as ``dicom-node --config <tmp> serve`` with a fresh data folder per run
+  (files fsynced and recorded in the ledger before each acknowledgement, as in production);
+* dcmtk ``storescp --fork`` (``TCP_NODELAY=1``), writing plain files, no fsync.
+
+Cases: one association with 40 slices, one with 400, and 8 concurrent associations sharing the
+400 slices (8 senders x 50 slices). Each case runs ``--repeats`` times per receiver, interleaved
+node/dcmtk so that both see the same machine load; the median wall time (first sender started to
+last sender finished) gives images/s. Prints a markdown table and writes JSON.
+
+    .venv/bin/python bench/receive.py [--repeats 3] [--json bench/results/receive.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+NODE_EXE = Path(sys.executable).parent / "dicom-node"
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+CASES = [("1 assoc x 40 slices", "ct40", 1, 40), ("1 assoc x 400 slices", "ct400", 1, 400),
+         ("8 assocs x 50 slices (400 split)", "split8", 8, 400)]
+
+
+def dcmtk(name: str) -> str:
+    """dcmtk's binary (pynetdicom installs apps of the same names into the virtualenv)."""
+    venv = Path(sys.executable).parent.resolve()
+    for folder in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]:
+        path = Path(folder) / name
+        if folder and Path(folder).resolve() != venv and path.is_file():
+            return str(path)
+    raise SystemExit(f"dcmtk's {name} is not installed (apt-get install dcmtk)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"receiver exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"receiver did not listen on {port} within {timeout} s")
+
+
+def make_series(work: Path) -> dict[str, Path]:
+    from segmenter.dicom_io import make_test_series
+
+    series = work / "series"
+    dirs = {"ct40": series / "ct40", "ct400": series / "ct400", "split8": series / "split8"}
+    if not (series / "done").exists():
+        shutil.rmtree(series, ignore_errors=True)
+        print("writing synthetic CT series (40 and 400 slices, 512x512) ...", file=sys.stderr)
+        make_test_series(dirs["ct40"], n_slices=40, rows=512, cols=512, seed=1)
+        files = make_test_series(dirs["ct400"], n_slices=400, rows=512, cols=512, seed=2)
+        for i, path in enumerate(sorted(files)):
+            target = dirs["split8"] / str(i % 8) / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+        (series / "done").write_text("ok")
+    return dirs
+
+
+class Receiver:
+    def __init__(self, kind: str, work: Path) -> None:
+        self.kind, self.port = kind, free_port()
+        self.root = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=work))
+        log = open(self.root / "receiver.log", "wb")
+        if kind == "node":
+            config = {"node": {"ae_title": "DURAL_AI", "bind": "127.0.0.1", "port": self.port, "data_dir": "var",
+                               "min_free_disk_gb": 1, "max_associations": 16},
+                      "series": {"quiet_seconds": 3600, "min_slices": 100000}, "http": {"enabled": False}}
+            (self.root / "config.yaml").write_text(yaml.safe_dump(config))
+            argv = [str(NODE_EXE), "--config", str(self.root / "config.yaml"), "serve"]
+            self.out = self.root / "var" / "spool"
+        else:
+            self.out = self.root / "out"
+            self.out.mkdir()
+            argv = [dcmtk("storescp"), "--fork", "--aetitle", "DURAL_AI", "-od", str(self.out), str(self.port)]
+        self.proc = subprocess.Popen(argv, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        wait_port(self.port, self.proc)
+
+    def received(self) -> int:
+        return sum(1 for p in self.out.rglob("*") if p.is_file())
+
+    def stop(self) -> None:
+        # The whole process group: storescp --fork leaves a child per association.
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def run_case(receiver: Receiver, folders: list[Path], expected: int) -> float:
+    started = time.perf_counter()
+    senders = [subprocess.Popen([dcmtk("storescu"), "+sd", "-aec", "DURAL_AI", "127.0.0.1", str(receiver.port),
+                                 str(folder)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+               for folder in folders]
+    codes = [s.wait(600) for s in senders]
+    elapsed = time.perf_counter() - started
+    if any(codes):
+        errors = b"".join(s.stderr.read() for s in senders if s.stderr).decode(errors="replace")[-2000:]
+        raise SystemExit(f"storescu failed against {receiver.kind}: {codes}\n{errors}")
+    deadline = time.monotonic() + 10
+    while receiver.received() < expected and time.monotonic() < deadline:
+        time.sleep(0.05)  # dcmtk's forked children may still be writing their last file
+    if receiver.received() != expected:
+        raise SystemExit(f"{receiver.kind} holds {receiver.received()} files; expected {expected}")
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dural-bench-receive",
+                        help="series cache and receiver folders (same disk as a real data_dir)")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "receive.json")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    dirs = make_series(args.work)
+    times: dict[str, dict[str, list[float]]] = {name: {"node": [], "dcmtk": []} for name, *_ in CASES}
+    for repeat in range(args.repeats):
+        for name, key, senders, count in CASES:
+            folders = sorted(dirs[key].iterdir()) if senders > 1 else [dirs[key]]
+            for kind in ("node", "dcmtk"):
+                receiver = Receiver(kind, args.work)
+                try:
+                    seconds = run_case(receiver, folders, count)
+                finally:
+                    receiver.stop()
+                times[name][kind].append(seconds)
+                print(f"run {repeat + 1}: {name}: {kind} {count / seconds:.0f} images/s", file=sys.stderr)
+    rows, results = [], []
+    for name, _, senders, count in CASES:
+        node = count / statistics.median(times[name]["node"])
+        ref = count / statistics.median(times[name]["dcmtk"])
+        results.append({"case": name, "associations": senders, "images": count, "node_images_per_s": round(node, 1),
+                        "dcmtk_images_per_s": round(ref, 1), "ratio": round(node / ref, 3),
+                        "node_seconds": times[name]["node"], "dcmtk_seconds": times[name]["dcmtk"]})
+        rows.append(f"| {name} | {node:.0f} | {ref:.0f} | {node / ref:.2f} |")
+    print("| case | node images/s | dcmtk storescp images/s | node/dcmtk |")
+    print("|---|---|---|---|")
+    print("\n".join(rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({
+        "benchmark": "receive", "sender": "dcmtk storescu, TCP_NODELAY=1", "repeats": args.repeats,
+        "statistic": "median wall time, first sender start to last sender exit",
+        "node": "dicom-node serve (fsync file + folder, ledger commit per instance)",
+        "dcmtk": "storescp --fork, TCP_NODELAY=1, no fsync", "machine": platform.node(),
+        "cpus": os.cpu_count(), "load_average_end": os.getloadavg(), "results": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
