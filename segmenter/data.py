@@ -2,9 +2,10 @@
 
 The bank holds every slice of every case at the model's input scale (head crop resized to
 ``input_size``) as int16 HU, so sampling an epoch costs no resampling. The sampler
-oversamples slices that contain a bleed and centres most of those crops on the bleed, and
-fills the rest with random slices of any case (negatives, IPH and calcification confounders,
-skull base), which is what teaches the model what *not* to call SDH/EDH.
+oversamples slices that contain a bleed and centres most of those crops on the bleed; a
+share of crops is centred on *unlabelled* hyperdense tissue (IPH, calcification, bone edges,
+the "hard negatives" that random crops would rarely show), and the rest are random crops of
+any slice. That is what teaches the model what not to call SDH/EDH.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .preprocess import head_crop, resample_hu, resample_labels, to_channels
 
@@ -36,6 +38,8 @@ class SliceBank:
         bool array (N,): slice may be used (the case's ``slice_mask``).
     case_ids:
         Case id of each case, in order; ``case_of`` maps slice -> case position.
+    hard:
+        int32 array (M, 3) of (slice, y, x): unlabelled hyperdense pixels (hard negatives).
     """
 
     hu: torch.Tensor
@@ -45,20 +49,36 @@ class SliceBank:
     usable: np.ndarray
     case_of: np.ndarray
     case_ids: list[str]
+    hard: np.ndarray
 
     @property
     def positive(self) -> np.ndarray:
         return (self.labels.flatten(1).amax(1) > 0).numpy() & self.usable
 
 
+#: HU range of unlabelled "looks like blood" tissue used for hard-negative crops.
+HARD_HU = (50.0, 100.0)
+
+
+def hard_negatives(hu: torch.Tensor, labels: torch.Tensor, offset: int, keep_every: int = 4) -> np.ndarray:
+    """(slice, y, x) of unlabelled pixels in ``HARD_HU`` that survive a 3x3 erosion."""
+    h = hu.numpy()
+    cand = (h > HARD_HU[0]) & (h < HARD_HU[1]) & (labels.numpy() == 0)
+    cand = ndimage.binary_erosion(cand, structure=np.ones((1, 3, 3), bool))
+    idx = np.argwhere(cand)[::keep_every].astype(np.int32)
+    idx[:, 0] += offset
+    return idx
+
+
 def build_bank(cases: Iterable[Any], input_size: int) -> SliceBank:
     """Resample cases (objects with ``hu``, ``labels``, ``case_id``, optional ``slice_mask``)."""
-    hus, labs, first, last, usable, case_of, ids = [], [], [], [], [], [], []
+    hus, labs, first, last, usable, case_of, ids, hard = [], [], [], [], [], [], [], []
     n = 0
     for i, case in enumerate(cases):
         crop = head_crop(case.hu)
         hus.append(resample_hu(case.hu, crop, input_size).round().clamp(-1024, 3071).to(torch.int16))
         labs.append(resample_labels(case.labels, crop, input_size))
+        hard.append(hard_negatives(hus[-1], labs[-1], n))
         z = case.hu.shape[0]
         first.append(np.full(z, n))
         last.append(np.full(z, n + z - 1))
@@ -68,7 +88,8 @@ def build_bank(cases: Iterable[Any], input_size: int) -> SliceBank:
         ids.append(case.case_id)
         n += z
     return SliceBank(torch.cat(hus), torch.cat(labs), np.concatenate(first), np.concatenate(last),
-                     np.concatenate(usable), np.concatenate(case_of), ids)
+                     np.concatenate(usable), np.concatenate(case_of), ids,
+                     np.concatenate(hard) if hard else np.zeros((0, 3), np.int32))
 
 
 def patient_split(cases: Sequence[Any], val_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
@@ -86,8 +107,9 @@ class SamplerConfig:
     """How training crops are drawn."""
 
     crop: int = 128
-    positive_fraction: float = 0.6
+    positive_fraction: float = 0.55
     centre_on_bleed: float = 0.8
+    hard_fraction: float = 0.2
     flip: bool = True
     hu_shift: float = 6.0
     hu_scale: float = 0.05
@@ -102,11 +124,20 @@ def sample_batch(bank: SliceBank, batch: int, rng: np.random.Generator, windows:
     size = bank.hu.shape[-1]
     c = min(cfg.crop, size)
     xs, ys = [], []
+    hard = bank.hard[bank.usable[bank.hard[:, 0]]] if len(bank.hard) else bank.hard
     for _ in range(batch):
-        take_pos = len(pos) > 0 and rng.random() < cfg.positive_fraction
-        i = int(rng.choice(pos if take_pos else anyslice))
+        u = rng.random()
+        take_pos = len(pos) > 0 and u < cfg.positive_fraction
+        take_hard = not take_pos and len(hard) > 0 and u < cfg.positive_fraction + cfg.hard_fraction
+        if take_hard:
+            i, hy, hx = (int(v) for v in hard[int(rng.integers(len(hard)))])
+        else:
+            i = int(rng.choice(pos if take_pos else anyslice))
         lab = bank.labels[i]
-        if take_pos and rng.random() < cfg.centre_on_bleed:
+        if take_hard:
+            cy = hy + int(rng.integers(-c // 4, c // 4 + 1))
+            cx = hx + int(rng.integers(-c // 4, c // 4 + 1))
+        elif take_pos and rng.random() < cfg.centre_on_bleed:
             yy, xx = torch.nonzero(lab, as_tuple=True)
             k = int(rng.integers(len(yy)))
             cy = int(yy[k]) + int(rng.integers(-c // 4, c // 4 + 1))

@@ -62,13 +62,14 @@ def training_data(cfg: TrainConfig) -> tuple[Iterable[Any], list[Any]]:
     ``val_fraction`` of the indices are the validation patients.
     """
     if cfg.dataset == "synthetic":
-        from .synthetic import PhantomRanges, iter_phantoms
+        from .synthetic import KINDS, PhantomRanges, iter_phantoms
 
         n_val = max(1, int(round(cfg.val_fraction * cfg.count)))
         val_idx = range(cfg.count - min(n_val, cfg.val_cases), cfg.count)
         ranges = PhantomRanges.training()
+        # Validation kinds are cycled so every kind (EDH included) is validated.
         return (iter_phantoms(range(cfg.count - n_val), cfg.seed, ranges, workers=cfg.workers),
-                list(iter_phantoms(val_idx, cfg.seed, ranges)))
+                list(iter_phantoms(val_idx, cfg.seed, ranges, kinds=list(KINDS))))
     if cfg.data_root is None:
         raise ValueError(f"--data-root must be given for dataset {cfg.dataset!r}")
     from . import realdata
@@ -161,16 +162,23 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         start, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"]
         logger.info("resumed from epoch %d", ckpt["epoch"])
     t0 = time.time()
-    if cases is not None:
-        train_cases, val_cases = patient_split(list(cases), cfg.val_fraction, cfg.seed)
-        val_cases = val_cases[: cfg.val_cases]
+    cache = out / "bank.pt"
+    if cases is None and cache.exists():  # resuming: skip regenerating the data
+        banks = torch.load(cache, weights_only=False)
+        bank, val_bank = banks["train"], banks["val"]
     else:
-        train_cases, val_cases = training_data(cfg)
-    bank = build_bank(train_cases, cfg.model.input_size)
-    val_bank = build_bank(val_cases, cfg.model.input_size) if val_cases else None
-    del train_cases, val_cases
-    logger.info("data ready in %.0f s: %d train slices (%d with bleed)", time.time() - t0,
-                len(bank.hu), int(bank.positive.sum()))
+        if cases is not None:
+            train_cases, val_cases = patient_split(list(cases), cfg.val_fraction, cfg.seed)
+            val_cases = val_cases[: cfg.val_cases]
+        else:
+            train_cases, val_cases = training_data(cfg)
+        bank = build_bank(train_cases, cfg.model.input_size)
+        val_bank = build_bank(val_cases, cfg.model.input_size) if val_cases else None
+        del train_cases, val_cases
+        if cases is None:
+            torch.save({"train": bank, "val": val_bank}, cache)
+    logger.info("data ready in %.0f s: %d train slices (%d with bleed, %d hard-negative pixels)",
+                time.time() - t0, len(bank.hu), int(bank.positive.sum()), len(bank.hard))
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     total = cfg.epochs * cfg.iters_per_epoch
