@@ -28,6 +28,10 @@ __all__ = ["PREVIEW_FILE", "analyse_series", "run_job"]
 logger = logging.getLogger(__name__)
 
 PREVIEW_FILE = "preview.png"
+#: Key images per series: the slices with the largest bleed area. Every bleed slice would be up
+#: to the whole stack (27 of 40 on a large SDH), slow to build and send and no longer "key";
+#: the SEG carries the full extent.
+MAX_KEY_IMAGES = 8
 #: Reasons end up in a DICOM report and the ledger; keep them readable and bounded.
 _MAX_REASON = 400
 CT_CLASSES = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
@@ -203,7 +207,7 @@ def _build(run: _Run, sources: list[pydicom.Dataset], prediction: Any, preview: 
 
     seg = build_seg(sources, prediction)
     sr = build_sr(sources, prediction, seg)
-    keys = build_key_images(sources, prediction)
+    keys = build_key_images(sources, prediction, max_images=MAX_KEY_IMAGES)
     run.lap("build")
     if seg is not None:
         run.write("seg", "seg.dcm", seg)

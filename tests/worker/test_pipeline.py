@@ -26,7 +26,7 @@ from segmenter.dicom_io import make_test_series
 from segmenter.findings import EDH, SDH, Finding, ModelInfo, Prediction
 from segmenter.weights import sha256_file
 from worker.manifest import Manifest, job_dir, read_outcome, write_json_atomic
-from worker.pipeline import analyse_series, run_job
+from worker.pipeline import MAX_KEY_IMAGES, analyse_series, run_job
 
 MODEL = ModelInfo("planted", "0.0-test", "ab" * 32)
 DCIODVFY = Path(sys.executable).parent / "dciodvfy"
@@ -37,8 +37,9 @@ class Planted:
 
     info = MODEL
 
-    def __init__(self, error: Exception | None = None, delay_s: float = 0.0, shape: tuple | None = None):
-        self.error, self.delay_s, self.shape, self.calls = error, delay_s, shape, 0
+    def __init__(self, error: Exception | None = None, delay_s: float = 0.0, shape: tuple | None = None,
+                 slices: slice = slice(3, 8)):
+        self.error, self.delay_s, self.shape, self.slices, self.calls = error, delay_s, shape, slices, 0
 
     def predict_series(self, series) -> Prediction:
         self.calls += 1
@@ -46,7 +47,7 @@ class Planted:
         if self.error:
             raise self.error
         labels = np.zeros(self.shape or series.volume_hu.shape, np.uint8)
-        labels[3:8, 20:44, 8:12] = SDH
+        labels[self.slices, 20:44, 8:12] = SDH
         findings = {"SDH": Finding("SDH", SDH, True, 2.8, 4.0, "right", 0.9, int((labels == SDH).sum())),
                     "EDH": Finding("EDH", EDH, False, 0.0, 0.0, None, 0.0, 0)}
         return Prediction(labels, findings, MODEL, {"total_s": 0.01})
@@ -197,3 +198,10 @@ def test_real_segmenter_on_tiny_random_weights(cfg, tmp_path):
     assert outcome["state"] == "done" and set(outcome["findings"]) == {"SDH", "EDH"}
     assert outcome["model"]["version"] == "tiny-0" and outcome["model"]["weights_sha256"] == sha256_file(weights)
     assert "sr" in {f["type"] for f in outcome["files"]}
+
+
+def test_key_images_are_capped_to_the_largest_slices(cfg, tmp_path):
+    _, paths = make_job(cfg)
+    outcome = analyse_series(paths, tmp_path / "out", cfg, Planted(slices=slice(0, 12)), rel_to=tmp_path,
+                             preview=False)
+    assert [f["type"] for f in outcome["files"]].count("sc") == MAX_KEY_IMAGES < 12
