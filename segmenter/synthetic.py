@@ -175,7 +175,11 @@ def make_phantom(seed: int, kind: str | None = None, ranges: PhantomRanges | Non
     scalp = rng.uniform(4.0, 7.0)
     skull = _u(rng, R.skull_mm) * (1.0 + 1.6 * base) + 0.8 * _smooth_field(rng, depth.shape, (4, 6, 6))
     inner = scalp + skull  # depth of the inner table
-    cos_to = lambda d: (u * d[0] * A / max(A, B) + v * d[1] * B / max(A, B) + w * d[2]) / (q * 1.0)  # noqa: E731
+
+    def cos_to(d: np.ndarray) -> np.ndarray:
+        """Unnormalised cosine between each voxel's ellipsoid direction and ``d``."""
+        return (u * d[0] * A / max(A, B) + v * d[1] * B / max(A, B) + w * d[2]) / (q * 1.0)
+
     # Lesions: thickness per direction, stacked just inside the inner table.
     side = float(rng.choice([-1.0, 1.0]))
     labels = np.zeros(depth.shape, np.uint8)
