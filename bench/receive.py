@@ -4,7 +4,8 @@ Sends synthetic 512x512 CT series over loopback with dcmtk ``storescu`` (``TCP_N
 dcmtk's Nagle stalls do not distort either side) to
 
 * the node, started as ``dicom-node --config <tmp> serve`` with a fresh data folder per run
-  (files fsynced and recorded in the ledger before each acknowledgement, as in production);
+  (files fsynced and recorded in the ledger before each acknowledgement, series assembly
+  running, as in production; no analysis: the broker URL points at a closed port);
 * dcmtk ``storescp --fork`` (``TCP_NODELAY=1``), writing plain files, no fsync.
 
 Cases: one association with 40 slices, one with 400, and 8 concurrent associations sharing the
@@ -93,9 +94,12 @@ class Receiver:
         self.root = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=work))
         log = open(self.root / "receiver.log", "wb")
         if kind == "node":
+            # Receiving only: series too short to analyse, and a broker nobody listens on, so the
+            # in-process (embedded) worker never competes with the receiver for the CPU.
             config = {"node": {"ae_title": "DURAL_AI", "bind": "127.0.0.1", "port": self.port, "data_dir": "var",
                                "min_free_disk_gb": 1, "max_associations": 16},
-                      "series": {"quiet_seconds": 3600, "min_slices": 100000}, "http": {"enabled": False}}
+                      "series": {"quiet_seconds": 3600, "min_slices": 100000},
+                      "queue": {"broker_url": f"redis://127.0.0.1:{free_port()}/0"}, "http": {"enabled": False}}
             (self.root / "config.yaml").write_text(yaml.safe_dump(config))
             argv = [str(NODE_EXE), "--config", str(self.root / "config.yaml"), "serve"]
             self.out = self.root / "var" / "spool"

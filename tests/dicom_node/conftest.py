@@ -40,7 +40,9 @@ class Node:
         self.port = _port()
         settings = {"ae_title": "DURAL_AI", "bind": "127.0.0.1", "port": self.port, "data_dir": "var",
                     "min_free_disk_gb": 0, **node}
-        config = {"node": settings, "http": {"enabled": False},
+        # A broker nobody listens on: no status-report or analysis work competes with the
+        # receiver (the submitter only logs that the queue is unreachable).
+        config = {"node": settings, "http": {"enabled": False}, "queue": {"broker_url": f"redis://127.0.0.1:{_port()}/0"},
                   # Series complete when their association is released; far too few slices for any
                   # to be analysed keeps the model out of the receiver's tests.
                   "series": {"quiet_seconds": 3600, "min_slices": 100000}, "logging": {"level": "INFO"}}
