@@ -205,3 +205,15 @@ def test_key_images_are_capped_to_the_largest_slices(cfg, tmp_path):
     outcome = analyse_series(paths, tmp_path / "out", cfg, Planted(slices=slice(0, 12)), rel_to=tmp_path,
                              preview=False)
     assert [f["type"] for f in outcome["files"]].count("sc") == MAX_KEY_IMAGES < 12
+
+
+def test_reopened_series_gets_new_uids_resend_keeps_them(cfg, tmp_path):
+    _, paths = make_job(cfg)
+    first = analyse_series(paths, tmp_path / "a", cfg, Planted(), rel_to=tmp_path, preview=False)
+    same = analyse_series(list(reversed(paths)), tmp_path / "b", cfg, Planted(), rel_to=tmp_path, preview=False)
+    assert [f["sop_instance_uid"] for f in same["files"]] == [f["sop_instance_uid"] for f in first["files"]]
+    fewer = analyse_series(paths[:-1], tmp_path / "c", cfg, Planted(shape=(11, 64, 64)), rel_to=tmp_path,
+                           preview=False)
+    assert fewer["state"] == "done"
+    old = {f["sop_instance_uid"] for f in first["files"]} | {f["series_uid"] for f in first["files"]}
+    assert old.isdisjoint({f["sop_instance_uid"] for f in fewer["files"]} | {f["series_uid"] for f in fewer["files"]})

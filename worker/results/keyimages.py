@@ -98,7 +98,8 @@ def build_key_images(
         return None
     model, labels = prediction.model, prediction.labels
     series_uid = str(headers[0].SeriesInstanceUID)
-    sc_series_uid = uids.result_series_uid(series_uid, model.version, "SC")
+    source = uids.source_key(series_uid, [str(h.SOPInstanceUID) for h in headers])
+    sc_series_uid = uids.result_series_uid(source, model.version, "SC")
     orientation = patient_orientation(headers[0].ImageOrientationPatient)
     scale = upscale_factor(*labels.shape[1:])
     slices = _key_slices(labels, drawn, max_images)
@@ -116,7 +117,7 @@ def build_key_images(
             coordinate_system=hd.CoordinateSystemNames.PATIENT,
             series_instance_uid=sc_series_uid,
             series_number=sc_series_number,
-            sop_instance_uid=uids.result_uid(series_uid, model.version, "SC", index),
+            sop_instance_uid=uids.result_uid(source, model.version, "SC", index),
             instance_number=index + 1,
             manufacturer=model.manufacturer,
             pixel_spacing=(row_mm, col_mm),
@@ -159,9 +160,9 @@ def build_key_images(
     kos = hd.ko.KeyObjectSelectionDocument(
         evidence=list(images) + [headers[k] for k in slices],
         content=content,
-        series_instance_uid=uids.result_series_uid(series_uid, model.version, "KO"),
+        series_instance_uid=uids.result_series_uid(source, model.version, "KO"),
         series_number=ko_series_number,
-        sop_instance_uid=uids.result_uid(series_uid, model.version, "KO"),
+        sop_instance_uid=uids.result_uid(source, model.version, "KO"),
         instance_number=1,
         manufacturer=model.manufacturer,
         series_description="AI SDH/EDH key images",

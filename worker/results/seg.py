@@ -265,6 +265,7 @@ def build_seg(
         return None
     model = prediction.model
     series_uid = str(headers[0].SeriesInstanceUID)
+    source = uids.source_key(series_uid, [str(h.SOPInstanceUID) for h in headers])
     mask = np.zeros(prediction.labels.shape, dtype=np.uint8)
     descriptions = []
     for number, finding in enumerate(present, start=1):
@@ -277,7 +278,7 @@ def build_seg(
                 segmented_property_type=codes.SEGMENT_TYPE,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=algorithm_identification(model),
-                tracking_uid=uids.tracking_uid(series_uid, model.version, finding.name),
+                tracking_uid=uids.tracking_uid(source, model.version, finding.name),
                 tracking_id=finding.name,
                 anatomic_regions=[codes.ANATOMIC_REGION],
                 display_color=hd.color.CIELabColor.from_rgb(*CLASS_RGB[finding.name]),
@@ -288,9 +289,9 @@ def build_seg(
         pixel_array=mask,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=uids.result_series_uid(series_uid, model.version, "SEG"),
+        series_instance_uid=uids.result_series_uid(source, model.version, "SEG"),
         series_number=series_number,
-        sop_instance_uid=uids.result_uid(series_uid, model.version, "SEG"),
+        sop_instance_uid=uids.result_uid(source, model.version, "SEG"),
         instance_number=1,
         manufacturer=manufacturer or model.manufacturer,
         manufacturer_model_name=model.name,

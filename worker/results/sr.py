@@ -89,7 +89,8 @@ def _segment_numbers(seg: hd.seg.Segmentation, series_uid: str) -> dict[str, int
 
 
 def _volumetric_group(
-    finding: Finding, segment_number: int, seg: hd.seg.Segmentation, series_uid: str, model: ModelInfo
+    finding: Finding, segment_number: int, seg: hd.seg.Segmentation, series_uid: str, model: ModelInfo,
+    source: str,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     # Built by hand: ReferencedSegment.from_segmentation crashes on single-segment BINARY SEGs
     # (highdicom 0.28.2, FIELD_NOTES section 3).
@@ -110,7 +111,7 @@ def _volumetric_group(
     algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.version)
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=uids.tracking_uid(series_uid, model.version, finding.name), identifier=finding.name
+            uid=uids.tracking_uid(source, model.version, finding.name), identifier=finding.name
         ),
         referenced_segment=segment,
         finding_category=codes.FINDING_CATEGORY,
@@ -127,11 +128,11 @@ def _volumetric_group(
 
 
 def _summary_group(
-    series_uid: str, model: ModelInfo, evaluations: list[hd.sr.QualitativeEvaluation], identifier: str
+    source: str, model: ModelInfo, evaluations: list[hd.sr.QualitativeEvaluation], identifier: str
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=uids.tracking_uid(series_uid, model.version, identifier), identifier=identifier
+            uid=uids.tracking_uid(source, model.version, identifier), identifier=identifier
         ),
         algorithm_id=hd.sr.AlgorithmIdentification(name=model.name, version=model.version),
         qualitative_evaluations=evaluations,
@@ -139,15 +140,15 @@ def _summary_group(
 
 
 def _document(
-    evidence: list[pydicom.Dataset], report: hd.sr.MeasurementReport, series_uid: str, model: ModelInfo,
+    evidence: list[pydicom.Dataset], report: hd.sr.MeasurementReport, source: str, model: ModelInfo,
     object_type: str, series_number: int, description: str,
 ) -> hd.sr.Comprehensive3DSR:
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
-        series_instance_uid=uids.result_series_uid(series_uid, model.version, object_type),
+        series_instance_uid=uids.result_series_uid(source, model.version, object_type),
         series_number=series_number,
-        sop_instance_uid=uids.result_uid(series_uid, model.version, object_type),
+        sop_instance_uid=uids.result_uid(source, model.version, object_type),
         instance_number=1,
         manufacturer=model.manufacturer,
         is_complete=True,
@@ -217,7 +218,8 @@ def build_sr(
     ]
     category = triage_category(findings)
     evaluations.append(hd.sr.QualitativeEvaluation(codes.TRIAGE_CATEGORY, codes.TRIAGE_VALUES[category]))
-    groups.append(_summary_group(series_uid, model, evaluations, "Summary"))
+    source = uids.source_key(series_uid, [str(h.SOPInstanceUID) for h in headers])
+    groups.append(_summary_group(source, model, evaluations, "Summary"))
     evidence = list(headers)
     if seg is not None:
         numbers = _segment_numbers(seg, series_uid)
@@ -226,7 +228,7 @@ def build_sr(
                 f"seg must have one segment per present finding {[f.name for f in present]}; got {sorted(numbers)}"
             )
         for finding in present:
-            groups.append(_volumetric_group(finding, numbers[finding.name], seg, series_uid, model))
+            groups.append(_volumetric_group(finding, numbers[finding.name], seg, series_uid, model, source))
         evidence.append(seg)
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(model),
@@ -235,7 +237,7 @@ def build_sr(
         referenced_images=headers,
     )
     logger.debug("built SR: triage %s, %d measurement group(s)", category, len(groups))
-    return _document(evidence, report, series_uid, model, "SR", series_number, "AI SDH/EDH report (research)")
+    return _document(evidence, report, source, model, "SR", series_number, "AI SDH/EDH report (research)")
 
 
 def build_status_sr(
@@ -282,8 +284,9 @@ def build_status_sr(
         raise TypeError(f"model must be a segmenter.findings.ModelInfo; got {type(model).__name__}")
     headers = prepare_sources(sources, need_geometry=False)
     series_uid = str(headers[0].SeriesInstanceUID)
+    source = uids.source_key(series_uid, [str(h.SOPInstanceUID) for h in headers])
     group = _summary_group(
-        series_uid, model,
+        source, model,
         [hd.sr.QualitativeEvaluation(codes.ANALYSIS_STATUS, codes.ANALYSIS_STATUS_VALUES[state])],
         "Analysis status",
     )  # fmt: skip
@@ -297,4 +300,4 @@ def build_status_sr(
     )
     object_type = f"SR_{state.upper()}"
     title = "AI SDH/EDH: NOT ANALYSED" if state == "not_analysed" else "AI SDH/EDH: ANALYSIS FAILED"
-    return _document(list(headers), report, series_uid, model, object_type, series_number, title)
+    return _document(list(headers), report, source, model, object_type, series_number, title)

@@ -19,12 +19,14 @@ collide.  Hence ``uuid.uuid5`` over separator-joined parts.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
+from collections.abc import Sequence
 
 from pydicom.uid import UID
 
-__all__ = ["OBJECT_TYPES", "result_series_uid", "result_uid", "tracking_uid"]
+__all__ = ["OBJECT_TYPES", "result_series_uid", "result_uid", "source_key", "tracking_uid"]
 
 #: Namespace of every UUID this project derives (a fixed uuid5 of the project's name, so it
 #: never changes between releases; changing it would re-identify every past result).
@@ -50,6 +52,33 @@ def _check(source_series_uid: str, model_version: str, object_type: str) -> None
 
 def _uid(*parts: str) -> UID:
     return UID(f"2.25.{uuid.uuid5(_NAMESPACE, _SEP.join(parts)).int}")
+
+
+def source_key(source_series_uid: str, sop_instance_uids: Sequence[str]) -> UID:
+    """A UID naming exactly the analysed input: the series plus the set of its instances.
+
+    Builders pass it as ``source_series_uid`` to the functions below. A resend of the same
+    instances gives the same result UIDs (the PACS keeps one copy), while a series re-opened
+    with more (or fewer) slices gives new ones, so its new result is not dropped by a PACS as
+    a duplicate of the stale one.
+
+    Parameters
+    ----------
+    source_series_uid:
+        Series Instance UID of the analysed CT series.
+    sop_instance_uids:
+        SOP Instance UIDs of the instances used (any order; duplicates ignored).
+
+    Returns
+    -------
+    pydicom.uid.UID
+        A ``2.25.<uuid>`` UID.
+    """
+    _check(source_series_uid, "-", "SEG")
+    if isinstance(sop_instance_uids, str) or not sop_instance_uids:
+        raise ValueError(f"sop_instance_uids must be a non-empty sequence of UIDs; got {sop_instance_uids!r}")
+    digest = hashlib.sha256("\n".join(sorted({str(u) for u in sop_instance_uids})).encode()).hexdigest()
+    return _uid("source", source_series_uid, digest)
 
 
 def result_series_uid(source_series_uid: str, model_version: str, object_type: str) -> UID:
