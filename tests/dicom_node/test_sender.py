@@ -219,3 +219,24 @@ def test_unconfigured_destination_is_dead(tmp_path):
     Sender(cfg, ledger).run_once(wait=True)
     [delivery] = ledger.deliveries(job_id)
     assert delivery.state == DeliveryState.DEAD and "no longer configured" in delivery.last_error
+
+
+def test_retry_command_requeues_dead_deliveries(tmp_path, capsys):
+    import yaml
+
+    from dicom_node.cli import main
+
+    raw = {"node": {"data_dir": str(tmp_path / "data")}, "destinations": [dest("gone", free_port(), max_attempts=1)]}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    cfg = make_cfg(tmp_path, *raw["destinations"])
+    ledger = Ledger(cfg.data_dir / "ledger.sqlite3")
+    job_id = done_job(ledger, cfg.data_dir, n_files=1)
+    ledger.add_deliveries(job_id, ["gone"])
+    Sender(cfg, ledger).run_once(wait=True)
+    assert ledger.deliveries(job_id)[0].state == DeliveryState.DEAD
+    assert main(["--config", str(tmp_path / "cfg.yaml"), "retry", "999"]) == 1
+    assert main(["--config", str(tmp_path / "cfg.yaml"), "retry", str(job_id)]) == 0
+    out = capsys.readouterr().out
+    assert f"job {job_id} -> gone" in out and "1 dead delivery requeued" in out
+    [delivery] = ledger.deliveries(job_id)
+    assert delivery.state == DeliveryState.PENDING and delivery.attempts == 0

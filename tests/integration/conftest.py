@@ -272,9 +272,14 @@ def _weights(root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory):
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _weights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, weights: Path):
     root = tmp_path_factory.mktemp("e2e")
-    s = Stack(root, _weights(root))
+    s = Stack(root, weights)
     try:
         s.start_redis()
         s.orthanc.start()

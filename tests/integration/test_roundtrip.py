@@ -6,6 +6,8 @@ Orthanc. Every object the worker wrote must pass dciodvfy without errors.
 """
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,8 @@ import pytest
 from segmenter.weights import SHIPPED_WEIGHTS
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
-DCIODVFY = Path(sys.executable).parent / "dciodvfy"
+BIN = Path(sys.executable).parent
+DCIODVFY = BIN / "dciodvfy"
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
@@ -59,3 +62,30 @@ def test_ct_in_orthanc_results_back_in_the_same_study(stack, make_ct):
     assert len(written) == len(result["files"])
     for path in written:
         assert dciodvfy_errors(path) == [], path.name
+
+
+def test_demo_runs_on_a_machine_without_redis_or_pacs(weights, tmp_path):
+    """`dicom-node demo`: embedded queue, built-in PACS; the results reach that PACS."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    run = subprocess.run([str(BIN / "dicom-node"), "demo", "--weights", str(weights), "--dir", str(tmp_path),
+                          "--timeout", "300"], capture_output=True, text=True, timeout=360, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "delivered" in run.stdout and "delivery to demo_pacs: sent" in run.stdout
+    received = list((tmp_path / "pacs").glob("*.dcm"))
+    result_files = [p for p in (tmp_path / "node" / "results").rglob("*.dcm")]
+    assert received and len(received) == len(result_files)
+    assert list((tmp_path / "node" / "results").rglob("preview.png"))
+
+
+def test_process_command_offline(weights, make_ct, tmp_path):
+    files, uids = make_ct("edh")
+    out = tmp_path / "out"
+    run = subprocess.run([str(BIN / "dicom-node"), "process", str(files[0].parent), "--output", str(out),
+                          "--weights", str(weights)], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    [row] = json.loads((out / "findings.json").read_text())
+    assert row["series_uid"] == uids["series"] and row["state"] == "done" and row["instances"] == len(files)
+    assert set(row["findings"]) == {"SDH", "EDH"} and "done" in run.stdout
+    for f in row["files"]:
+        assert dciodvfy_errors(out / f["path"]) == [], f["path"]
