@@ -93,7 +93,7 @@ class Receiver:
         self.kind, self.port = kind, free_port()
         self.root = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=work))
         log = open(self.root / "receiver.log", "wb")
-        if kind == "node":
+        if kind.startswith("node"):
             # Receiving only: series too short to analyse, and a broker nobody listens on, so the
             # in-process (embedded) worker never competes with the receiver for the CPU.
             config = {"node": {"ae_title": "DURAL_AI", "bind": "127.0.0.1", "port": self.port, "data_dir": "var",
@@ -102,6 +102,11 @@ class Receiver:
                       "queue": {"broker_url": f"redis://127.0.0.1:{free_port()}/0"}, "http": {"enabled": False}}
             (self.root / "config.yaml").write_text(yaml.safe_dump(config))
             argv = [str(NODE_EXE), "--config", str(self.root / "config.yaml"), "serve"]
+            if kind == "node-nofsync":
+                # Diagnostic only: the same node with os.fsync a no-op, to show how much of the
+                # node's time is the disk's flush latency rather than the receive path.
+                argv = [sys.executable, "-c", "import os, sys; os.fsync = lambda fd: None; "
+                        "from dicom_node.cli import main; sys.exit(main(sys.argv[1:]))", *argv[1:]]
             self.out = self.root / "var" / "spool"
         else:
             self.out = self.root / "out"
@@ -149,14 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dural-bench-receive",
                         help="series cache and receiver folders (same disk as a real data_dir)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "receive.json")
+    parser.add_argument("--diagnose-fsync", action="store_true",
+                        help="also run the node with os.fsync disabled (diagnostic column, never a setting)")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     dirs = make_series(args.work)
-    times: dict[str, dict[str, list[float]]] = {name: {"node": [], "dcmtk": []} for name, *_ in CASES}
+    load_start = os.getloadavg()
+    kinds = ["node", "dcmtk"] + (["node-nofsync"] if args.diagnose_fsync else [])
+    times: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
     for repeat in range(args.repeats):
         for name, key, senders, count in CASES:
             folders = sorted(dirs[key].iterdir()) if senders > 1 else [dirs[key]]
-            for kind in ("node", "dcmtk"):
+            for kind in kinds:
                 receiver = Receiver(kind, args.work)
                 try:
                     seconds = run_case(receiver, folders, count)
@@ -166,14 +175,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"run {repeat + 1}: {name}: {kind} {count / seconds:.0f} images/s", file=sys.stderr)
     rows, results = [], []
     for name, _, senders, count in CASES:
-        node = count / statistics.median(times[name]["node"])
-        ref = count / statistics.median(times[name]["dcmtk"])
-        results.append({"case": name, "associations": senders, "images": count, "node_images_per_s": round(node, 1),
-                        "dcmtk_images_per_s": round(ref, 1), "ratio": round(node / ref, 3),
-                        "node_seconds": times[name]["node"], "dcmtk_seconds": times[name]["dcmtk"]})
-        rows.append(f"| {name} | {node:.0f} | {ref:.0f} | {node / ref:.2f} |")
-    print("| case | node images/s | dcmtk storescp images/s | node/dcmtk |")
-    print("|---|---|---|---|")
+        rate = {kind: count / statistics.median(times[name][kind]) for kind in kinds}
+        node, ref = rate["node"], rate["dcmtk"]
+        result = {"case": name, "associations": senders, "images": count, "node_images_per_s": round(node, 1),
+                  "dcmtk_images_per_s": round(ref, 1), "ratio": round(node / ref, 3),
+                  "seconds": times[name]}
+        row = f"| {name} | {node:.0f} | {ref:.0f} | {node / ref:.2f} |"
+        if args.diagnose_fsync:
+            result["node_nofsync_images_per_s"] = round(rate["node-nofsync"], 1)
+            row += f" {rate['node-nofsync']:.0f} | {rate['node-nofsync'] / ref:.2f} |"
+        results.append(result)
+        rows.append(row)
+    header = "| case | node images/s | dcmtk storescp images/s | node/dcmtk |"
+    rule = "|---|---|---|---|"
+    if args.diagnose_fsync:
+        header += " node, fsync disabled (diagnostic) | that/dcmtk |"
+        rule += "---|---|"
+    print(header)
+    print(rule)
     print("\n".join(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
@@ -181,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         "statistic": "median wall time, first sender start to last sender exit",
         "node": "dicom-node serve (fsync file + folder, ledger commit per instance)",
         "dcmtk": "storescp --fork, TCP_NODELAY=1, no fsync", "machine": platform.node(),
-        "cpus": os.cpu_count(), "load_average_end": os.getloadavg(), "results": results}, indent=2) + "\n")
+        "cpus": os.cpu_count(), "load_average_start": load_start, "load_average_end": os.getloadavg(),
+        "results": results}, indent=2) + "\n")
     return 0
 
 

@@ -10,13 +10,8 @@ Measured on the 2-core machine (bench/receive.py; profile with py-spy and strace
   each UID with a regular expression: with every storage class in every transfer syntax
   (~180 x 45 UIDs) that is tens of milliseconds of GIL time per association.
   :class:`SharedContext` makes that copy shallow (contexts are only read during negotiation).
-* Both reactor threads of an association poll: the DUL thread sleeps 1 ms whenever it has
-  nothing to do, the association thread sleeps 1 ms before each look at its message queue. A
-  C-STORE crosses three such sleeps (message complete -> handler -> response sent -> next request
-  read): ~3 ms per instance, more than the rest of the receive path. :class:`EventDUL` and
-  :class:`EventAssociation` keep pynetdicom's loops (copied from pynetdicom 3.0.4, the pinned
-  major version) but wait on the socket, a wake-up pipe and the message queue instead of sleeping,
-  so they react at once and still wake every millisecond for timers as before.
+* Both reactor threads of an association poll with fixed 1 ms sleeps, ~3 ms per instance:
+  :mod:`dicom_node.reactor` makes them event-driven.
 * Each C-STORE-RSP command set was encoded twice by pydicom's generic writer (group length, then
   the message): more GIL time than the whole store handler. :class:`FastDIMSE` writes the six
   elements of a Success response by hand (PS3.7 9.3.1.2, implicit VR little endian); failures,
@@ -25,13 +20,9 @@ Measured on the 2-core machine (bench/receive.py; profile with py-spy and strace
 from __future__ import annotations
 
 import copy
-import os
-import select
 import socket
 import struct
-import threading
-import time
-from typing import Any, cast
+from typing import Any
 
 from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
@@ -43,12 +34,13 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
+
+from dicom_node.reactor import EventAssociation, EventDUL
 
 #: Maximum PDU length we announce (bytes); 0 would let a peer send PDUs of any size, which
 #: pynetdicom reads whole into memory, so a large but bounded value.
@@ -150,143 +142,6 @@ class FastDIMSE(DIMSEServiceProvider):
                 self.dul.send_pdu(p_data)
                 return
         super().send_msg(primitive, context_id)
-
-
-class EventDUL(DULServiceProvider):
-    """pynetdicom's DUL reactor, waiting on its socket and a wake-up pipe instead of sleeping."""
-
-    def _wake_setup(self) -> None:
-        self._wake_lock = threading.Lock()
-        self._wake_fds: tuple[int, int] | None = None
-
-    def send_pdu(self, primitive: Any) -> None:
-        super().send_pdu(primitive)
-        with self._wake_lock:
-            # Written under the lock: once the reactor has closed the pipe its descriptor
-            # numbers may belong to another file (a spool file!) and must not be written.
-            if self._wake_fds is not None:
-                try:
-                    os.write(self._wake_fds[1], b"\0")
-                except OSError:
-                    pass  # pipe full: a wake-up is pending anyway
-
-    def _wait(self, delay: float) -> None:
-        raw = getattr(self.socket, "socket", None)
-        assert self._wake_fds is not None
-        try:
-            ready, _, _ = select.select([self._wake_fds[0]] + ([raw] if raw is not None else []), [], [], delay)
-        except (OSError, ValueError):  # socket closed meanwhile
-            time.sleep(delay)
-            return
-        if self._wake_fds[0] in ready:
-            try:
-                os.read(self._wake_fds[0], 4096)
-            except OSError:
-                pass
-
-    def run_reactor(self) -> None:
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(read_fd, False)
-        os.set_blocking(write_fd, False)
-        with self._wake_lock:
-            self._wake_fds = (read_fd, write_fd)
-        try:
-            self._reactor_loop()
-        finally:
-            with self._wake_lock:
-                self._wake_fds = None
-                os.close(read_fd)
-                os.close(write_fd)
-
-    def _reactor_loop(self) -> None:
-        # pynetdicom 3.0.4 DULServiceProvider.run_reactor; only the sleep became self._wait().
-        self._idle_timer.start()
-        self.socket = cast(AssociationSocket, self.socket)
-        sleep = False
-        while True:
-            if not self.assoc._dul_ready.is_set():
-                self.assoc._dul_ready.set()
-                sleep = True
-            if sleep:
-                self._wait(self._run_loop_delay)
-            if self._kill_thread:
-                break
-            if self.artim_timer.expired:
-                self.event_queue.put("Evt18")
-            try:
-                if self._process_recv_primitive():
-                    pass
-                elif self._is_transport_event():
-                    self._idle_timer.restart()
-            except Exception as exc:  # as pynetdicom: abort on any failure in the reactor
-                import logging
-
-                log = logging.getLogger("pynetdicom.dul")
-                log.error("Exception in DUL.run(), aborting association")
-                log.exception(exc)
-                abort_pdu = A_ABORT_RQ()
-                abort_pdu.source = 0x02
-                abort_pdu.reason_diagnostic = 0x00
-                self.socket.send(abort_pdu.encode())
-                self.assoc.is_aborted = True
-                self.assoc.is_established = False
-                self.assoc._kill = True
-                self._kill_thread = True
-                return
-            try:
-                event = self.event_queue.get(block=False)
-            except Exception:  # queue.Empty
-                sleep = True
-                continue
-            self.state_machine.do_action(event)
-            sleep = False
-
-
-class EventAssociation(Association):
-    """pynetdicom's acceptor loop, woken by a complete DIMSE message instead of a fixed sleep."""
-
-    def _run_reactor(self) -> None:
-        # pynetdicom 3.0.4 Association._run_reactor; only time.sleep(0.001) became a wait on the
-        # message queue of at most the same length.
-        self._is_paused = False
-        messages = self.dimse.msg_queue
-        while not self._kill:
-            with messages.not_empty:
-                if not messages._qsize():
-                    messages.not_empty.wait(0.001)
-            self._is_paused = True
-            self._reactor_checkpoint.wait()
-            self._is_paused = False
-            context_id, msg = self.dimse.get_msg(block=False)
-            if msg:
-                self._serve_request(msg, cast(int, context_id))
-            if self.is_established and self.acse.is_release_requested():
-                self.acse.send_release(is_response=True)
-                self.is_released = True
-                self.is_established = False
-                evt.trigger(self, evt.EVT_RELEASED, {})
-                self.kill()
-                return
-            if self.acse.is_aborted():
-                self.dul.receive_pdu(wait=False)
-                self.is_aborted = True
-                self.is_established = False
-                evt.trigger(self, evt.EVT_ABORTED, {})
-                self.kill()
-                return
-            if not self.dul.is_alive():
-                self.kill()
-                return
-            if self.dul.idle_timer_expired():
-                if self.network_timeout_response == "A-RELEASE":
-                    self._is_paused = True
-                    self._reactor_checkpoint.wait()
-                    self.release()
-                    self._is_paused = False
-                else:
-                    self.abort()
-                self.kill()
-                return
 
 
 class _RequestHandler(RequestHandler):

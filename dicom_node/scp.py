@@ -30,7 +30,7 @@ from dicom_node import netfast
 from dicom_node.config import Config
 from dicom_node.ledger import Ledger
 from dicom_node.logs import short_uid
-from dicom_node.names import (LEDGER_FILE, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES,
+from dicom_node.names import (STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES,
                               STATUS_SUCCESS)
 from dicom_node.spool import Spool, clean_uid, is_disk_full
 from dicom_node.wire import MalformedDataset, file_meta, scan
@@ -86,7 +86,24 @@ def _failure(status: int, comment: str) -> Dataset:
 
 # -- event handlers (module level, dependencies bound as arguments) ---------------------------
 def handle_store(event: Event, spool: Spool, ledger: Ledger, state: ReceiverState) -> int | Dataset:
-    """Persist one C-STORE data set; answer Success only once it is on disk and in the ledger."""
+    """Persist one C-STORE data set; answer Success only once it is on disk and in the ledger.
+
+    Parameters
+    ----------
+    event : pynetdicom.events.Event
+        The C-STORE request; its data set bytes are written as received, never decoded.
+    spool, ledger : Spool, Ledger
+        Where the file goes and where it is recorded.
+    state : ReceiverState
+        Low-disk threshold (``node.min_free_disk_gb``), counters, association ids, ledger lock.
+
+    Returns
+    -------
+    int or pydicom.dataset.Dataset
+        0x0000, or a failure status with an ErrorComment: 0xA700 (low disk, disk error),
+        0xA900 (data set does not match the request), 0xC000 (bytes cannot be parsed, or any
+        unexpected error, which is logged with its traceback).
+    """
     request = event.request
     sop_uid = str(request.AffectedSOPInstanceUID or "").rstrip("\x00 ")
     try:
@@ -119,7 +136,8 @@ def handle_store(event: Event, spool: Spool, ledger: Ledger, state: ReceiverStat
             ledger.record_instance(sop_uid, header.study_uid, header.series_uid, header.sop_class_uid, path,
                                    state.assoc_ids.get(event.assoc))
             state.stored += 1
-        logger.debug("stored", extra={"sop": short_uid(sop_uid), "series": short_uid(header.series_uid)})
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("stored", extra={"sop": short_uid(sop_uid), "series": short_uid(header.series_uid)})
         return STATUS_SUCCESS
     except OSError as exc:
         state.failed += 1
@@ -177,10 +195,10 @@ def handle_closed(event: Event, ledger: Ledger, state: ReceiverState) -> None:
     logger.info(f"association {how}", extra={"assoc": assoc_id})
 
 
-def handle_rejected(event: Event, allowed: list[str]) -> None:
+def handle_rejected(event: Event, allowed: list[str], max_associations: int) -> None:
     calling = event.assoc.requestor.ae_title
     reason = ("calling AE title not in node.allowed_calling_aets" if allowed and calling not in allowed
-              else "too many associations (node.max_associations) or called AE title mismatch")
+              else f"node.max_associations ({max_associations}) associations already open")
     logger.warning("association rejected", extra={"calling_ae": calling, "peer": event.assoc.requestor.address,
                                                   "why": reason})
 
@@ -213,7 +231,7 @@ def make_server(cfg: Config, spool: Spool, ledger: Ledger,
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_ACCEPTED, handle_accepted, [ledger, state]),
         (evt.EVT_CONN_CLOSE, handle_closed, [ledger, state]),
-        (evt.EVT_REJECTED, handle_rejected, [list(cfg.node.allowed_calling_aets)]),
+        (evt.EVT_REJECTED, handle_rejected, [list(cfg.node.allowed_calling_aets), cfg.node.max_associations]),
     ]
     ae = make_ae(cfg)
     server = ae.start_server((cfg.node.bind, cfg.node.port), block=False, evt_handlers=handlers)
@@ -277,35 +295,3 @@ def start_receiver(cfg: Config, ledger: Ledger, spool: Spool | None = None) -> R
                                              "port": server.server_address[1]})
     return Receiver(server=server, spool=spool, state=state)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m dicom_node.scp [--config PATH]``: the receiver alone, until SIGTERM/SIGINT.
-
-    ``dicom-node serve`` runs the receiver with the rest of the node; this entry point exists for
-    benchmarks and for debugging the receive path in isolation.
-    """
-    import argparse
-    import signal
-
-    from dicom_node.config import load_config
-    from dicom_node.logs import setup_logging
-
-    parser = argparse.ArgumentParser(prog="python -m dicom_node.scp", description=main.__doc__.splitlines()[0])
-    parser.add_argument("--config", metavar="PATH")
-    parser.add_argument("--debug", action="store_true")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config)
-    setup_logging(cfg.logging.level, args.debug)
-    ledger = Ledger(cfg.data_dir / LEDGER_FILE)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    receiver = start_receiver(cfg, ledger)
-    stop.wait()
-    receiver.shutdown()
-    logger.info("receiver stopped", extra=receiver.status())
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
