@@ -151,6 +151,26 @@ def test_disallowed_calling_ae_is_rejected_at_association(node_factory, series_f
     no_phi(node.log())
 
 
+def test_max_associations_and_idle_timeout(node_factory, dcmtk) -> None:  # type: ignore[no-untyped-def]
+    """A second association beyond node.max_associations is rejected (and logged); an idle one is
+    closed by the node after node.network_timeout_s (the reactor's idle-timer path)."""
+    node = node_factory(max_associations=1, network_timeout_s=1.5)
+    ae = AE(ae_title="HOLDER")
+    held = ae.associate("127.0.0.1", node.port, ae_title="DURAL_AI", contexts=[build_context(Verification)])
+    assert held.is_established
+    second = run_tool([dcmtk("echoscu"), "-aec", "DURAL_AI", "127.0.0.1", str(node.port)])
+    assert second.returncode != 0
+    assert "node.max_associations (1)" in wait_for(
+        lambda: next((ln for ln in node.log().splitlines() if "association rejected" in ln), None))
+    started = time.monotonic()
+    wait_for(lambda: not held.is_established, 10, "the node to end the idle association")
+    assert 1.0 < time.monotonic() - started < 6
+    # The slot frees once the node's association threads have wound down.
+    wait_for(lambda: run_tool([dcmtk("echoscu"), "-aec", "DURAL_AI", "127.0.0.1", str(node.port)]).returncode == 0,
+             10, "a new association to be accepted")
+    assert time.monotonic() - started < 6
+
+
 # -- transfer syntaxes ----------------------------------------------------------------------------
 def _jpeg_baseline_sc(folder: Path) -> Path:
     """An 8-bit secondary capture in JPEG baseline (encoded with Pillow, encapsulated by hand)."""

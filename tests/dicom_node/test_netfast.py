@@ -1,0 +1,60 @@
+"""Receive-path tuning: what the acceptor offers, and the hand-encoded C-STORE response."""
+from __future__ import annotations
+
+import pytest
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
+                         ImplicitVRLittleEndian, JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1,
+                         JPEGLSLossless, JPEGLSNearLossless, RLELossless)
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+
+from dicom_node.netfast import encode_store_success, storage_contexts, transfer_syntaxes
+
+
+@pytest.mark.parametrize("sop_class", [
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
+    "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.200.1",  # CT Defined Procedure Protocol (not in pynetdicom's list)
+    "1.2.840.10008.5.1.4.38.1",  # Hanging Protocol (not in pynetdicom's list)
+])
+def test_storage_classes_offered_in_every_syntax(sop_class: str) -> None:
+    contexts = {str(cx.abstract_syntax): [str(ts) for ts in cx.transfer_syntax] for cx in storage_contexts()}
+    offered = contexts[sop_class]
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless,
+                   JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000,
+                   ExplicitVRBigEndian):
+        assert syntax in offered
+
+
+def test_storage_commitment_and_dicomdir_are_not_offered() -> None:
+    offered = {str(cx.abstract_syntax) for cx in storage_contexts()}
+    assert "1.2.840.10008.1.20.1" not in offered and "1.2.840.10008.1.3.10" not in offered
+    assert "1.2.840.10008.1.1" in offered  # Verification
+
+
+def test_acceptor_prefers_native_then_lossless() -> None:
+    order = transfer_syntaxes()
+    assert order[:2] == [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    assert order.index(JPEGLSLossless) < order.index(JPEGBaseline8Bit)
+    assert order.index(JPEG2000Lossless) < order.index(JPEG2000)
+    assert order[-1] == ExplicitVRBigEndian and len(order) == len(set(order))
+
+
+@pytest.mark.parametrize("message_id, sop_class, sop_instance", [
+    (1, "1.2.840.10008.5.1.4.1.1.2", "1.2.3"),  # odd-length UID: NUL padded
+    (65535, "1.2.840.10008.5.1.4.1.1.66.4", "1.2.826.0.1.3680043.8.498.12345678901234567890123456789012"),
+])
+def test_store_success_matches_pynetdicom_encoding(message_id: int, sop_class: str, sop_instance: str) -> None:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo, rsp.Status = message_id, 0x0000
+    rsp.AffectedSOPClassUID, rsp.AffectedSOPInstanceUID = sop_class, sop_instance
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    assert encode_store_success(message_id, sop_class, sop_instance) == encode(message.command_set, True, True)
