@@ -204,11 +204,18 @@ def send_datasets(datasets: Iterable[Dataset], dest: Peer, calling_ae: str, tran
     """
     items = list(datasets)
     where = list(paths) if paths is not None else [None] * len(items)
+    return _deliver(list(zip(items, where)), dest, calling_ae, transfer_syntax, timeout, lazy=False)
+
+
+def _deliver(items: list[tuple[Dataset, Path | None]], dest: Peer, calling_ae: str, transfer_syntax: str | None,
+             timeout: float, lazy: bool) -> list[InstanceResult]:
+    """Send ``items``; with ``lazy`` the data sets are headers and each file is read in full just
+    before it is sent, so a large folder never sits in memory at once."""
     fallback = UID(transfer_syntax or ExplicitVRLittleEndian)
     ae = _ae(calling_ae, timeout)
     results: list[InstanceResult] = []
-    pending = list(zip(items, where))
-    for contexts in _contexts(items, fallback):
+    pending = items
+    for contexts in _contexts([ds for ds, _ in items], fallback):
         classes = {str(cx.abstract_syntax) for cx in contexts}
         batch = [(ds, p) for ds, p in pending if str(ds.SOPClassUID) in classes]
         pending = [(ds, p) for ds, p in pending if str(ds.SOPClassUID) not in classes]
@@ -221,6 +228,13 @@ def send_datasets(datasets: Iterable[Dataset], dest: Peer, calling_ae: str, tran
                 if not assoc.is_established:
                     why = f"{_where(dest)} ended the association"
                     raise DeliveryError(why, results + _unsent(batch[index:] + pending, why))
+                if lazy and path is not None:
+                    try:
+                        ds = read_for_sending(path)
+                    except (OSError, InvalidDicomError) as exc:
+                        results.append(InstanceResult(str(ds.SOPInstanceUID), str(ds.SOPClassUID), None,
+                                                      f"cannot read the file: {exc}", path))
+                        continue
                 results.append(_send_one(assoc, ds, path))
             if not assoc.is_established:  # aborted while answering the last one
                 why = f"{_where(dest)} aborted the association"
@@ -245,9 +259,12 @@ def iter_dicom_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
             yield path
 
 
-def read_for_sending(path: Path) -> Dataset:
-    """Read a DICOM file (Part 10 with preamble) to send; raises ``InvalidDicomError`` otherwise."""
-    ds = pydicom.dcmread(path)
+def read_for_sending(path: Path, header_only: bool = False) -> Dataset:
+    """Read a DICOM file (Part 10 with preamble) to send; raises ``InvalidDicomError`` otherwise.
+
+    ``header_only`` stops before the pixel data (enough to plan the presentation contexts).
+    """
+    ds = pydicom.dcmread(path, stop_before_pixels=header_only)
     if "TransferSyntaxUID" not in ds.file_meta or "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
         raise InvalidDicomError(f"{path}: lacks TransferSyntaxUID, SOPClassUID or SOPInstanceUID")
     return ds
@@ -256,10 +273,12 @@ def read_for_sending(path: Path) -> Dataset:
 def send_files(paths: Sequence[str | os.PathLike[str]], dest: Peer, calling_ae: str,
                transfer_syntax: str | None = None, timeout: float = 30) -> list[InstanceResult]:
     """C-STORE DICOM files (folders are recursed); same results and errors as
-    :func:`send_datasets`. Raises ``InvalidDicomError``/``OSError`` for a file that cannot be read."""
+    :func:`send_datasets`. Headers are read first (to request exactly their SOP classes and
+    syntaxes), each whole file only when its turn comes. Raises ``InvalidDicomError``/``OSError``
+    before anything is sent when a file cannot be read as DICOM."""
     files = list(iter_dicom_files(paths))
-    datasets = [read_for_sending(p) for p in files]
-    return send_datasets(datasets, dest, calling_ae, transfer_syntax, timeout, files)
+    headers = [read_for_sending(p, header_only=True) for p in files]
+    return _deliver(list(zip(headers, files)), dest, calling_ae, transfer_syntax, timeout, lazy=True)
 
 
 send = send_files

@@ -10,7 +10,7 @@ from pydicom.uid import MediaStorageDirectoryStorage
 
 from dicom_node.config import Config, ConfigError
 from dicom_node.scu import DeliveryError, InstanceResult, iter_dicom_files, parse_destination, read_for_sending, \
-    send_datasets
+    send_files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,13 +39,12 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     # A file named on the command line must be sent; non-DICOM files met while recursing a
     # folder (README, thumbnails, DICOMDIR) are listed and skipped.
     named = {Path(p) for p in args.paths if not Path(p).is_dir()}
-    datasets, paths, unreadable, skipped = [], [], 0, 0
+    paths, unreadable, skipped = [], 0, 0
     for path in iter_dicom_files(args.paths):
         try:
-            ds = read_for_sending(path)
+            ds = read_for_sending(path, header_only=True)
             if ds.SOPClassUID == MediaStorageDirectoryStorage and path not in named:
                 raise InvalidDicomError("a DICOMDIR index, not an instance")
-            datasets.append(ds)
             paths.append(path)
         except (InvalidDicomError, OSError, ValueError) as exc:
             if path in named:
@@ -54,15 +53,15 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             else:
                 print(f"  skipped {path}: not a DICOM instance ({exc})", file=sys.stderr)
                 skipped += 1
-    if not datasets:
+    if not paths:
         print("dicom-node send: no DICOM files to send", file=sys.stderr)
         return 2
     try:
-        results = send_datasets(datasets, dest, args.calling_ae or cfg.node.ae_title,
-                                args.transfer_syntax or dest.transfer_syntax, args.timeout or dest.timeout_s, paths)
+        results = send_files(paths, dest, args.calling_ae or cfg.node.ae_title,
+                             args.transfer_syntax or dest.transfer_syntax, args.timeout or dest.timeout_s)
     except DeliveryError as exc:
         sent = sum(r.ok for r in exc.results)
-        print(f"C-STORE to {dest.name}: FAILED: {exc} ({sent} of {len(datasets)} stored before that)",
+        print(f"C-STORE to {dest.name}: FAILED: {exc} ({sent} of {len(paths)} stored before that)",
               file=sys.stderr)
         return 1
     failed = _report(results)
