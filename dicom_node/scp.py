@@ -37,6 +37,7 @@ from dicom_node.wire import MalformedDataset, file_meta, scan
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class ReceiverState:
     """Counters and the low-disk flag, shared by all association threads.
@@ -69,6 +70,10 @@ class ReceiverState:
                 logger.info("free disk back above node.min_free_disk_gb: accepting instances",
                             extra={"free_gb": round(free_gb, 2)})
         return not low
+
+    def count(self, name: str) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + 1)
 
     def snapshot(self) -> dict[str, Any]:
         return {"low_disk": self.low_disk, "free_gb": None if self.free_gb is None else round(self.free_gb, 2),
@@ -108,19 +113,19 @@ def handle_store(event: Event, spool: Spool, ledger: Ledger, state: ReceiverStat
     sop_uid = str(request.AffectedSOPInstanceUID or "").rstrip("\x00 ")
     try:
         if not state.disk_checked(spool.free_gb()):
-            state.refused_low_disk += 1
+            state.count("refused_low_disk")
             return _failure(STATUS_OUT_OF_RESOURCES, "receiver disk nearly full; retry later")
         syntax = event.context.transfer_syntax
         with request.DataSet.getbuffer() as body:
             try:
                 header = scan(body, syntax)
             except MalformedDataset as exc:
-                state.failed += 1
+                state.count("failed")
                 logger.warning("refused an undecodable data set", extra={"sop": short_uid(sop_uid), "why": str(exc)})
                 return _failure(STATUS_CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}")
             problem = _mismatch(header, sop_uid, str(request.AffectedSOPClassUID or ""))
             if problem:
-                state.failed += 1
+                state.count("failed")
                 logger.warning("refused a data set that does not match its request",
                                extra={"sop": short_uid(sop_uid), "why": problem})
                 return _failure(STATUS_DATASET_MISMATCH, problem)
@@ -140,12 +145,12 @@ def handle_store(event: Event, spool: Spool, ledger: Ledger, state: ReceiverStat
             logger.debug("stored", extra={"sop": short_uid(sop_uid), "series": short_uid(header.series_uid)})
         return STATUS_SUCCESS
     except OSError as exc:
-        state.failed += 1
+        state.count("failed")
         logger.exception("cannot write an instance to the spool", extra={"sop": short_uid(sop_uid)})
         why = "receiver disk full; retry later" if is_disk_full(exc) else f"receiver disk error: {exc.strerror}"
         return _failure(STATUS_OUT_OF_RESOURCES, why)
     except Exception as exc:  # noqa: BLE001 - a handler must answer, never raise
-        state.failed += 1
+        state.count("failed")
         logger.exception("unexpected failure while storing an instance", extra={"sop": short_uid(sop_uid)})
         return _failure(STATUS_CANNOT_UNDERSTAND, f"receiver error: {type(exc).__name__}")
 
