@@ -212,7 +212,8 @@ class Ledger:
                        (sop_uid, series_uid, study_uid, sop_class_uid, str(path), assoc_id, now, job_id))
             db.execute("UPDATE jobs SET last_instance_at=?, updated_at=? WHERE id=?", (now, now, job_id))
             # Earlier instances of the series belong to the re-opened job as well.
-            db.execute("UPDATE instances SET job_id=? WHERE series_uid=?", (job_id, series_uid))
+            db.execute("UPDATE instances SET job_id=? WHERE series_uid=? AND job_id IS NOT ?",
+                       (job_id, series_uid, job_id))
             return True
 
     def _job_for_new_instance(self, db: sqlite3.Connection, series_uid: str, study_uid: str, now: float) -> int:
