@@ -33,10 +33,15 @@ def test_pool_process_killed_mid_inference(stack, make_ct):
     try:
         files, uids = make_ct("sdh")
         stack.orthanc.upload(files)
-        job = stack.wait_state(uids["series"], {"running"}, timeout=120)
+        job = stack.wait_state(uids["series"], {"queued", "running"}, timeout=120)
+        beat = stack.data_dir / "results" / str(job.id) / "heartbeat"
+        deadline = time.time() + 120
+        while not beat.exists():  # watched directly: the node's loop would add up to 0.5 s
+            assert time.time() < deadline, "the job never started"
+            time.sleep(0.05)
         pid = _running_pid(stack, job)
         assert pid != worker.pid, "the job must run in a pool process, not the worker's main process"
-        time.sleep(1.5)  # into the model run (about 4 s here)
+        time.sleep(0.5)  # past reading the series, into the model run
         outcome = stack.data_dir / "results" / str(job.id) / "outcome.json"
         assert not outcome.exists(), "the job finished before it could be killed; the test proves nothing"
         os.kill(pid, signal.SIGKILL)
