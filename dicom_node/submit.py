@@ -369,6 +369,14 @@ class CelerySubmitter(_Submitter):
             task_serializer="json", accept_content=["json"], task_ignore_result=True,
             broker_connection_retry_on_startup=True)
         self.redis = redis.Redis.from_url(opts.broker_url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            policy = self.redis.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
+        except Exception:  # unreachable now, or CONFIG disabled (managed Redis): checked nowhere else
+            policy = "noeviction"
+        if policy != "noeviction":
+            # An evicting Redis may drop queued tasks under memory pressure; the node would then
+            # find them lost and resubmit, but it should not have to.
+            logger.warning("Redis maxmemory-policy should be noeviction", extra={"policy": policy})
         self._in_lanes: set[str] = set()
         self._unacked: set[str] = set()
         self._checked_at = float("-inf")
