@@ -189,11 +189,13 @@ class _Submitter:
         jobs = self.ledger.jobs([JobState.QUEUED, JobState.RUNNING])
         unseen: dict[str, Job] = {}
         for job in jobs:
-            outcome = self._outcome(job.id)
+            age = self._heartbeat_age(job.id, now)
+            # A worker writes the heartbeat before anything else, so without one there is no
+            # outcome to read: a backlog of queued jobs costs one stat each per pass.
+            outcome = self._outcome(job.id) if age is not None else None
             if outcome is not None:
                 counts["recorded"] += self._record(job, outcome, now)
                 continue
-            age = self._heartbeat_age(job.id, now)
             timeout = self.cfg.queue.heartbeat_timeout_s
             if age is not None and age <= timeout:
                 self._missing_since.pop(job.task_id or "", None)

@@ -285,8 +285,9 @@ def failed_outcome(manifest_path: str | Path, data_dir: str | Path, cfg: Config,
     existing = read_outcome(folder, manifest)
     if existing is not None:
         return existing
-    outcome = analyse_series([data_dir / p for p in manifest.instances], folder, cfg, None, rel_to=data_dir,
-                             mode="report", state="failed", reason=reason, fail_stage=fail_stage)
+    with heartbeat(folder):  # the node looks for an outcome only where a heartbeat is
+        outcome = analyse_series([data_dir / p for p in manifest.instances], folder, cfg, None, rel_to=data_dir,
+                                 mode="report", state="failed", reason=reason, fail_stage=fail_stage)
     outcome.update(job_id=manifest.job_id, manifest_digest=manifest.digest)
     write_json_atomic(folder / OUTCOME_FILE, outcome)
     return outcome
