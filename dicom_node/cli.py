@@ -30,7 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dicom-node", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="dicom-node",
+        description="PACS-connected DICOM node that segments subdural and epidural hematomas on head CT "
+                    "and sends DICOM SEG + TID 1500 SR results back to the PACS. Research use only.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", metavar="PATH",
                         help="configuration file (default: $DICOM_NODE_CONFIG, else ./config.yaml, "
