@@ -45,6 +45,7 @@ class TrainConfig:
     workers: int = 1
     threads: int | None = None
     device: str | None = None
+    init_from: str | None = None
     model: CSRUNetConfig = field(default_factory=CSRUNetConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
@@ -152,6 +153,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(cfg.seed)
     model = CSRUNet.from_config(cfg.model).to(device)
+    if cfg.init_from:  # fine-tuning: start from another run's weights, fresh optimizer
+        init = torch.load(cfg.init_from, map_location=device, weights_only=True)
+        model.load_state_dict(init["model"])
+        logger.info("initialised from %s (epoch %s)", cfg.init_from, init.get("epoch"))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history: list[dict[str, Any]] = []
     start, best = 0, -1.0
@@ -237,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=200, help="iterations per epoch")
     p.add_argument("--batch", type=int, default=12)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--init", help="checkpoint whose weights start this run (fine-tuning)")
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--base-width", type=int, default=16)
     p.add_argument("--input-size", type=int, default=256)
@@ -259,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           context_slices=a.context_slices, skip_attention=a.skip_attention)
     cfg = TrainConfig(dataset=a.dataset, data_root=a.data_root, count=a.count, seed=a.seed, epochs=a.epochs,
                       iters_per_epoch=a.iters, batch=a.batch, lr=a.lr, val_cases=a.val_cases,
-                      workers=a.workers, threads=a.threads, device=a.device, model=model,
+                      workers=a.workers, threads=a.threads, device=a.device, init_from=a.init, model=model,
                       sampler=SamplerConfig(crop=a.crop))
     logger.info("command: python -m segmenter train %s", " ".join(argv if argv is not None else sys.argv[1:]))
     result = train(cfg, out, resume=a.resume, stop_after=a.stop_after)
