@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 #: Seconds after the last instance before a released, contiguous series counts as complete
 #: (capped at series.quiet_seconds).
 RELEASE_SETTLE_S = 1.0
+#: A series' headers are read once no instance arrived for this long (below RELEASE_SETTLE_S,
+#: so completion by release is not delayed).
+HEADER_SETTLE_S = 0.5
 #: Headers read per pass, so that one huge study does not hold up the rest of the loop.
 HEADER_BATCH = 500
 
@@ -95,8 +98,13 @@ class Assembler:
         self.ledger = ledger
 
     def read_headers(self, now: float, limit: int = HEADER_BATCH) -> int:
-        """Read and cache the header of up to ``limit`` instances not read yet."""
-        pending = self.ledger.instances_without_header(limit)
+        """Read and cache the header of up to ``limit`` instances not read yet.
+
+        Only series that paused for :data:`HEADER_SETTLE_S`: reading headers while a series
+        streams in would take the interpreter lock from the receiver in the same process
+        (measured ~2.7 ms per instance), and nothing is decided before the series pauses anyway.
+        """
+        pending = self.ledger.instances_without_header(limit, settled_before=now - HEADER_SETTLE_S)
         for sop_uid, path in pending:
             summary = read_summary(path, sop_uid)
             self.ledger.record_header(sop_uid, {} if summary.error else summary.to_dict(),

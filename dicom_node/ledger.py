@@ -438,11 +438,19 @@ class Ledger:
             db.execute("INSERT OR REPLACE INTO instance_headers VALUES (?,?,?,?)",
                        (sop_uid, now or time.time(), error, json.dumps(summary)))
 
-    def instances_without_header(self, limit: int = 1000) -> list[tuple[str, Path]]:
-        """(SOP Instance UID, path) of recorded instances whose header was not read yet."""
+    def instances_without_header(self, limit: int = 1000,
+                                 settled_before: float | None = None) -> list[tuple[str, Path]]:
+        """(SOP Instance UID, path) of recorded instances whose header was not read yet.
+
+        With ``settled_before``, only instances of jobs whose last instance arrived at or before
+        that time: series still streaming in are left for later.
+        """
+        settled = "" if settled_before is None else " AND j.last_instance_at <= ?"
+        args: tuple[Any, ...] = (limit,) if settled_before is None else (settled_before, limit)
         rows = self._db().execute(
             "SELECT i.sop_uid, i.path FROM instances i LEFT JOIN instance_headers h ON h.sop_uid = i.sop_uid "
-            "WHERE h.sop_uid IS NULL ORDER BY i.received_at LIMIT ?", (limit,))
+            "LEFT JOIN jobs j ON j.id = i.job_id "
+            f"WHERE h.sop_uid IS NULL{settled} ORDER BY i.received_at LIMIT ?", args)
         return [(r[0], Path(r[1])) for r in rows]
 
     def headers_for_job(self, job_id: int) -> list[dict[str, Any]]:
