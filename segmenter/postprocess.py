@@ -1,6 +1,6 @@
 """From class probabilities on the source grid to a cleaned label volume and findings.
 
-Rules (also stated in ``MODEL_CARD.md``):
+Rules (also stated in the README's model card):
 
 1. ``labels = argmax(probabilities)`` per voxel.
 2. Foreground voxels (SDH or EDH) are grouped into 3D connected components (26-neighbourhood);
