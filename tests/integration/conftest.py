@@ -254,21 +254,11 @@ class Stack:
 
 
 def _weights(root: Path) -> Path:
+    """The shipped weights: the end-to-end tests run the model the product ships."""
     from segmenter.weights import SHIPPED_WEIGHTS
 
-    if SHIPPED_WEIGHTS.is_file():
-        return SHIPPED_WEIGHTS
-    import torch
-
-    from segmenter.csr_unet import CSRUNet, CSRUNetConfig
-    from segmenter.weights import sha256_file
-
-    cfg = CSRUNetConfig(base_width=16, depth=4, input_size=256, windows=("brain",))
-    torch.manual_seed(0)
-    path = root / "random_csr16.pt"
-    torch.save({"model": CSRUNet.from_config(cfg).state_dict(), "config": cfg.to_dict()}, path)
-    path.with_suffix(".json").write_text(json.dumps({"sha256": sha256_file(path), "version": "random-init-test"}))
-    return path
+    assert SHIPPED_WEIGHTS.is_file(), f"shipped weights missing: {SHIPPED_WEIGHTS}"
+    return SHIPPED_WEIGHTS
 
 
 @pytest.fixture(scope="session")
