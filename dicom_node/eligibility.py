@@ -189,10 +189,12 @@ def matrix_problem(headers: Sequence[HeaderSummary]) -> str | None:
 
 
 def _stack(headers: Sequence[HeaderSummary]) -> tuple[np.ndarray, np.ndarray] | str:
+    """Slice positions and the mean orientation, or the reason the orientations are unusable."""
     if any(h.iop is None or h.ipp is None for h in headers):
         return "ImageOrientationPatient or ImagePositionPatient missing or malformed"
-    return (np.asarray([h.ipp for h in headers], dtype=np.float64),
-            np.asarray([h.iop for h in headers], dtype=np.float64))
+    positions = np.asarray([h.ipp for h in headers], dtype=np.float64)
+    iops = np.asarray([h.iop for h in headers], dtype=np.float64)
+    return geometry.orientation_problem(iops) or (positions, geometry.mean_orientation(iops))
 
 
 def contiguity(headers: Sequence[HeaderSummary], tolerance_mm: float) -> str | None:
@@ -203,11 +205,8 @@ def contiguity(headers: Sequence[HeaderSummary], tolerance_mm: float) -> str | N
     stack = _stack(headers)
     if isinstance(stack, str):
         return stack
-    positions, iops = stack
-    reason = geometry.orientation_problem(iops)
-    if reason:
-        return reason
-    return geometry.contiguity_problem(positions, geometry.mean_orientation(iops), tolerance_mm)
+    positions, iop = stack
+    return geometry.contiguity_problem(positions, iop, tolerance_mm)
 
 
 def geometry_problem(headers: Sequence[HeaderSummary], cfg: SeriesConfig) -> str | None:
@@ -215,11 +214,7 @@ def geometry_problem(headers: Sequence[HeaderSummary], cfg: SeriesConfig) -> str
     stack = _stack(headers)
     if isinstance(stack, str):
         return stack
-    positions, iops = stack
-    reason = geometry.orientation_problem(iops)
-    if reason:
-        return reason
-    iop = geometry.mean_orientation(iops)
+    positions, iop = stack
     if not geometry.is_axialish(iop, cfg.max_axial_angle_deg):
         return geometry.axial_problem(iop, cfg.max_axial_angle_deg)
     return (geometry.tilt_problem(positions, iop)
