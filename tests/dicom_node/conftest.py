@@ -3,6 +3,7 @@ port, and small synthetic CT series carrying recognisable identifiers for the PH
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -99,6 +100,15 @@ class Node:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(60)
+
+
+@pytest.fixture
+def restore_root_logging() -> Iterator[None]:
+    """cli.main installs a handler on the test's captured stderr; remove it afterwards."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    yield
+    root.handlers[:], root.level = saved
 
 
 @pytest.fixture

@@ -15,15 +15,8 @@ from dicom_node.config import ENV_VAR
 DEST = {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}
 
 
-@pytest.fixture(autouse=True)
-def _restore_root_logging():
-    """cli.main installs a handler on the test's captured stderr; remove it afterwards."""
-    import logging
-
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    yield
-    root.handlers[:], root.level = saved
+#: cli.main installs a handler on the test's captured stderr; conftest removes it afterwards.
+pytestmark = pytest.mark.usefixtures("restore_root_logging")
 
 
 def write(tmp_path: Path, data, name: str = "config.yaml") -> Path:

@@ -23,15 +23,8 @@ from segmenter.dicom_io import make_test_series
 PHI = ("Phantom^Head", "PHANTOM0001", "19600101", "SYN")  # name, ID, birth date, accession prefix
 
 
-@pytest.fixture(autouse=True)
-def _restore_root_logging():
-    """cli.main installs a handler on the test's captured stderr; remove it afterwards."""
-    import logging
-
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    yield
-    root.handlers[:], root.level = saved
+#: cli.main installs a handler on the test's captured stderr; conftest removes it afterwards.
+pytestmark = pytest.mark.usefixtures("restore_root_logging")
 
 
 def free_port() -> int:
