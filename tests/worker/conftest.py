@@ -6,9 +6,7 @@ back with ``read_series``, so the datasets are sorted exactly as the worker sort
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,18 +16,7 @@ import pytest
 from segmenter.dicom_io import CTSeries, make_test_series, read_series
 from segmenter.findings import EDH, SDH, Finding, ModelInfo, Prediction
 
-VENV_BIN = Path(sys.executable).parent
 N_SLICES, ROWS, COLS = 12, 64, 64
-
-
-def _tool(name: str) -> str:
-    path = VENV_BIN / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} is not installed")
-    return found
 
 
 @pytest.fixture(scope="session")
@@ -92,12 +79,12 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="session")
-def dciodvfy() -> Callable[[Path], list[str]]:
+def dciodvfy(tool: Callable[[str], str]) -> Callable[[Path], list[str]]:
     """Run dciodvfy on one file; fail on any line with "Error", return (and print) the warnings."""
-    tool = _tool("dciodvfy")
+    exe = tool("dciodvfy")
 
     def check(path: Path) -> list[str]:
-        result = _run([tool, str(path)])
+        result = _run([exe, str(path)])
         lines = (result.stdout + result.stderr).splitlines()
         errors = [line for line in lines if "Error" in line]
         warnings = [line for line in lines if "Warning" in line]
@@ -109,12 +96,12 @@ def dciodvfy() -> Callable[[Path], list[str]]:
 
 
 @pytest.fixture(scope="session")
-def dcentvfy() -> Callable[[list[Path]], None]:
+def dcentvfy(tool: Callable[[str], str]) -> Callable[[list[Path]], None]:
     """Run dcentvfy across files (patient/study/series consistency); fail on any error."""
-    tool = _tool("dcentvfy")
+    exe = tool("dcentvfy")
 
     def check(paths: list[Path]) -> None:
-        result = _run([tool, *map(str, paths)])
+        result = _run([exe, *map(str, paths)])
         lines = (result.stdout + result.stderr).splitlines()
         errors = [line for line in lines if "Error" in line]
         print(f"dcentvfy over {len(paths)} files:", *lines, sep="\n  ")
@@ -124,12 +111,12 @@ def dcentvfy() -> Callable[[list[Path]], None]:
 
 
 @pytest.fixture(scope="session")
-def dsrdump() -> Callable[[Path], str]:
+def dsrdump(tool: Callable[[str], str]) -> Callable[[Path], str]:
     """dcmtk dsrdump with all codes and long values; asserts exit status 0, returns stdout."""
-    tool = _tool("dsrdump")
+    exe = tool("dsrdump")
 
     def dump(path: Path) -> str:
-        result = _run([tool, "+Pc", "+Pl", str(path)])
+        result = _run([exe, "+Pc", "+Pl", str(path)])
         assert result.returncode == 0, result.stderr
         return result.stdout
 
