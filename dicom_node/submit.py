@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from dicom_node.assembler import needs_status_report
 from dicom_node.config import Config
 from dicom_node.ledger import FailStage, Job, JobState, Ledger
 from dicom_node.logs import short_uid
@@ -294,7 +295,7 @@ class _Submitter:
     def _wants_report(self, job: Job) -> bool:
         if job.state == JobState.NOT_ANALYSED:
             # The assembler decides (CT images only; never our own results, which would loop).
-            return bool((job.result or {}).get("status_report"))
+            return needs_status_report(job)
         return any(h["sop_class_uid"] in CT_CLASSES for h in self.ledger.headers_for_job(job.id))
 
 
