@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -107,12 +106,10 @@ def test_task_fails_job_that_keeps_killing_its_worker(tmp_path, tiny_weights):
 
 
 @pytest.fixture
-def redis_url(tmp_path):
+def redis_url(tmp_path, free_port):
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed (make system-deps installs it)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
     try:
