@@ -322,12 +322,6 @@ def iter_phantoms(indices: Iterable[int], seed: int, ranges: PhantomRanges | Non
         yield from pool.imap(_one, jobs, chunksize=1)
 
 
-def make_phantoms(count: int, seed: int, ranges: PhantomRanges | None = None,
-                  kinds: Sequence[str] | None = None, workers: int = 1) -> list[Phantom]:
-    """Generate ``count`` phantoms as a list (about 40 MB each: keep ``count`` small)."""
-    return list(iter_phantoms(range(count), seed, ranges, kinds, workers))
-
-
 def write_phantom_series(phantom: Phantom, out_dir: str | Path, **header: Any) -> dict[str, Any]:
     """Write ``out_dir/dicom/*.dcm``, ``labels.npy``, ``labels.nii.gz`` and ``truth.json``.
 
