@@ -45,7 +45,12 @@ def _reason(prefix: str, exc: BaseException) -> str:
 
 
 def _save(ds: pydicom.Dataset, path: Path) -> None:
-    """Write a DICOM file via a temporary name, fsynced, so a reader never sees half of it."""
+    """Write a DICOM file via a temporary name, fsynced, so a reader never sees half of it.
+
+    The folder is not fsynced here: ``outcome.json`` is written last into the same folder by
+    ``write_json_atomic``, whose folder fsync makes these earlier renames durable as well, and
+    nothing reads the objects before the outcome exists.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
