@@ -143,6 +143,10 @@ def summarise(ds: Dataset, sop_uid: str, pixel_length: int | None) -> HeaderSumm
     )
 
 
+class _NotAnInstance(ValueError):
+    """The file parsed but is not a storable instance."""
+
+
 def read_summary(path: str | Path, sop_uid: str) -> HeaderSummary:
     """Read one file's header up to its pixel data and summarise it; never raises.
 
@@ -169,9 +173,16 @@ def read_summary(path: str | Path, sop_uid: str) -> HeaderSummary:
         if "SOPClassUID" not in ds:
             # pydicom stops quietly at the end of a truncated file; a real instance always
             # carries its SOP Class.
-            raise ValueError("no SOPClassUID in the data set (truncated or not an instance)")
+            raise _NotAnInstance("no SOPClassUID in the data set (truncated or not an instance)")
         return summarise(ds, sop_uid, found[0] if found else None)
     except Exception as exc:  # any parse failure is a property of the file, recorded below
-        reason = f"unreadable DICOM file: {type(exc).__name__}: {str(exc)[:200]}"
+        # pydicom's messages may quote element values (a malformed birth date, say) and this
+        # reason is logged and shown in status: only our own and OS messages are kept verbatim.
+        if isinstance(exc, _NotAnInstance):
+            reason = f"unreadable DICOM file: {exc}"
+        elif isinstance(exc, OSError):
+            reason = f"unreadable DICOM file: {type(exc).__name__}: {exc.strerror}"
+        else:
+            reason = f"unreadable DICOM file: {type(exc).__name__}"
         logger.warning("instance header unreadable", extra={"sop_uid": sop_uid, "error": type(exc).__name__})
         return HeaderSummary(sop_uid=sop_uid, error=reason)
