@@ -10,8 +10,9 @@ import shutil
 import subprocess
 import socket
 import sys
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -63,3 +64,22 @@ def tool() -> Callable[[str], str]:
 def dcmtk() -> Callable[[str], str]:
     """``dcmtk("storescu")``: dcmtk's binary, never pynetdicom's app of the same name."""
     return _find_dcmtk
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[str]:
+    """A redis-server of the test's own on a free port (nothing kept on disk), as a broker URL."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (make system-deps installs it)")
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout != b"PONG\n":
+            assert time.time() < deadline and proc.poll() is None, "redis-server did not start"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -171,24 +169,6 @@ def test_not_analysed_gets_status_report_only_when_assembler_says(node, wants, f
     assert ledger.job(job_id).state == JobState.NOT_ANALYSED
 
 
-@pytest.fixture
-def redis_url(tmp_path):
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (make system-deps installs it)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 10
-        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout != b"PONG\n":
-            assert time.time() < deadline and proc.poll() is None, "redis-server did not start"
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.mark.network

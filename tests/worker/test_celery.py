@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -105,22 +104,6 @@ def test_task_fails_job_that_keeps_killing_its_worker(tmp_path, tiny_weights):
     assert outcome["timings"].get("inference") is None  # the model was not run
 
 
-@pytest.fixture
-def redis_url(tmp_path, free_port):
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (make system-deps installs it)")
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 10
-        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout != b"PONG\n":
-            assert time.time() < deadline and proc.poll() is None, "redis-server did not start"
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.mark.network
