@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from dicom_node.names import HEARTBEAT_FILE, OUTCOME_FILE, RESULTS_DIR
 
@@ -127,23 +127,31 @@ def read_manifest(path: str | Path) -> Manifest:
     return Manifest.from_dict(data, str(path))
 
 
-def write_json_atomic(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write JSON to a temporary file in the same folder, fsync it, rename it over ``path`` and
-    fsync the folder, so a reader sees the old file or the whole new one, even after a crash."""
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None], *, sync_folder: bool = True) -> Path:
+    """Write ``path`` through a temporary file in the same folder: ``write(handle)``, fsync,
+    rename over ``path`` and (by default) fsync the folder, so a reader sees the old file or the
+    whole new one, even after a crash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync_folder:
+        fsync_dir(path.parent)
     return path
+
+
+def write_json_atomic(path: str | Path, data: dict[str, Any]) -> Path:
+    """``write_atomic`` for a JSON document."""
+    text = json.dumps(data, indent=1, sort_keys=True).encode("utf-8")
+    return write_atomic(path, lambda handle: handle.write(text))
 
 
 def fsync_dir(folder: str | Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +20,7 @@ import pydicom
 from dicom_node.config import Config
 from dicom_node.logs import short_uid
 from dicom_node.names import OUTCOME_FILE
-from worker.manifest import FORMAT, Manifest, heartbeat, job_dir, read_manifest, read_outcome, write_json_atomic
+from worker.manifest import FORMAT, Manifest, heartbeat, job_dir, read_manifest, read_outcome, write_atomic, write_json_atomic
 
 __all__ = ["PREVIEW_FILE", "analyse_series", "run_job"]
 
@@ -51,16 +50,7 @@ def _save(ds: pydicom.Dataset, path: Path) -> None:
     ``write_json_atomic``, whose folder fsync makes these earlier renames durable as well, and
     nothing reads the objects before the outcome exists.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            ds.save_as(handle, enforce_file_format=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda handle: ds.save_as(handle, enforce_file_format=True), sync_folder=False)
 
 
 def _ct_headers(paths: Sequence[Path]) -> list[pydicom.Dataset]:
