@@ -204,16 +204,25 @@ def heartbeat(folder: str | Path, interval_s: float = 2.0) -> Iterator[Path]:
     stop = threading.Event()
     stamp = f"{socket.gethostname()} {os.getpid()}\n"
 
+    staging = path.with_name(f".{HEARTBEAT_FILE}.{os.getpid()}.tmp")
+
+    def touch() -> None:
+        # Rename over the file rather than rewrite it: a reader (the node, a watchdog script)
+        # must never catch it truncated and empty. No fsync: only the mtime matters, and only
+        # while this process lives.
+        staging.write_text(stamp, encoding="utf-8")
+        os.replace(staging, path)
+
     def beat() -> None:
         while True:
             try:
-                path.write_text(stamp, encoding="utf-8")
+                touch()
             except OSError:
                 pass  # a full disk must not kill the job; the node then sees a stale heartbeat
             if stop.wait(interval_s):
                 return
 
-    path.write_text(stamp, encoding="utf-8")
+    touch()
     thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
     thread.start()
     try:

@@ -25,7 +25,7 @@ from segmenter.csr_unet import CSRUNet, CSRUNetConfig
 from segmenter.dicom_io import make_test_series
 from segmenter.findings import EDH, SDH, Finding, ModelInfo, Prediction
 from segmenter.weights import sha256_file
-from worker.manifest import Manifest, job_dir, read_outcome, write_json_atomic
+from worker.manifest import Manifest, heartbeat, job_dir, read_outcome, write_json_atomic
 from worker.pipeline import MAX_KEY_IMAGES, analyse_series, run_job
 
 MODEL = ModelInfo("planted", "0.0-test", "ab" * 32)
@@ -172,6 +172,19 @@ def test_heartbeat_is_touched_while_running(cfg):
     run_job(rel, cfg.data_dir, cfg, Planted(delay_s=4.5))
     watcher.join()
     assert len(set(seen)) >= 2, "the heartbeat was not refreshed during a 4.5 s inference"
+
+
+def test_heartbeat_is_never_seen_empty(tmp_path):
+    """A reader polling the heartbeat (the node, the fault tests) always finds ``host pid``,
+    never a file caught between truncate and write."""
+    reads: list[str] = []
+    with heartbeat(tmp_path, interval_s=0.0005) as beat:
+        deadline = time.time() + 1.0
+        while time.time() < deadline:
+            reads.append(beat.read_text())
+    assert len(reads) > 100
+    assert {len(text.split()) for text in reads} == {2}, "a reader saw a partly written heartbeat"
+    assert [p.name for p in tmp_path.iterdir()] == [HEARTBEAT_FILE]
 
 
 def test_manifest_for_another_input_is_not_taken_for_done(cfg):
