@@ -4,8 +4,11 @@ A phantom is a deformed ellipsoidal head (scalp, skull that thickens towards the
 ridges low in the head, air sinuses, CSF rim, cortex with sulci, white matter, ventricles,
 falx, calcifications) sampled on a random CT grid. Lesions:
 
-* SDH (label 1): a crescent along the inner table over a long arc, thin, tapering at the
-  tips, stopped by the falx; acute (hyperdense) or subacute (near-isodense).
+* SDH (label 1): a crescent along the inner table over a long arc (55-85 degrees from its
+  centre to each tip), thin for its length, tapering at the tips, stopped by the falx; acute
+  (hyperdense) or subacute (near-isodense). Shorter arcs are not used: a dome-shaped
+  collection 18 mm thick over 35 degrees is a scaled copy of a small EDH, which no reader
+  could tell apart by shape.
 * EDH (label 2): a biconvex lens, short and thick; its arc is tied to its thickness so the
   inner margin is convex.
 * Confounders, never labelled: intraparenchymal bleed (IPH) with an oedema rim,
@@ -51,7 +54,7 @@ class PhantomRanges:
     blur_px: Range = (0.5, 1.0)
     skull_mm: Range = (5.0, 8.0)
     sdh_thickness_mm: Range = (4.0, 16.0)
-    sdh_arc_deg: Range = (40.0, 70.0)
+    sdh_arc_deg: Range = (55.0, 85.0)
     sdh_acute_hu: Range = (58.0, 80.0)
     sdh_subacute_hu: Range = (44.0, 52.0)
     subacute_fraction: float = 0.15
@@ -70,7 +73,7 @@ class PhantomRanges:
         return cls(pixel_spacing_mm=(0.38, 0.56), slice_thickness_mm=(2.5, 5.0),
                    n_slices=(20, 44), head_scale=(0.86, 1.12), rotation_deg=(-22.0, 22.0),
                    offset_mm=(-18.0, 18.0), noise_hu=(2.0, 10.0), blur_px=(0.4, 1.2),
-                   skull_mm=(4.5, 9.0), sdh_thickness_mm=(3.5, 18.0), sdh_arc_deg=(35.0, 78.0),
+                   skull_mm=(4.5, 9.0), sdh_thickness_mm=(3.5, 18.0), sdh_arc_deg=(50.0, 95.0),
                    sdh_acute_hu=(55.0, 85.0), sdh_subacute_hu=(42.0, 54.0),
                    subacute_fraction=0.2, edh_thickness_mm=(7.0, 34.0), edh_hu=(55.0, 90.0),
                    iph_radius_mm=(5.0, 24.0), iph_hu=(55.0, 90.0))
@@ -124,7 +127,7 @@ def _lesion_thickness(cos_angle: np.ndarray, arc_deg: float, peak_mm: float, pow
 
 
 def make_phantom(seed: int, kind: str | None = None, ranges: PhantomRanges | None = None,
-                 case_id: str | None = None) -> Phantom:
+                 case_id: str | None = None, kind_weights: dict[str, float] | None = None) -> Phantom:
     """Generate one phantom.
 
     Parameters
@@ -135,6 +138,8 @@ def make_phantom(seed: int, kind: str | None = None, ranges: PhantomRanges | Non
         One of ``KINDS`` or None to draw by the default weights.
     ranges:
         Sampling ranges (default ``PhantomRanges.training()``).
+    kind_weights:
+        Weights for drawing the kind when ``kind`` is None (default ``KINDS``).
 
     Returns
     -------
@@ -144,7 +149,8 @@ def make_phantom(seed: int, kind: str | None = None, ranges: PhantomRanges | Non
     rng = np.random.default_rng(seed)
     R = ranges or PhantomRanges.training()
     if kind is None:
-        kind = str(rng.choice(list(KINDS), p=np.array(list(KINDS.values())) / sum(KINDS.values())))
+        weights = parse_kind_weights(kind_weights) if kind_weights is not None else KINDS
+        kind = str(rng.choice(list(weights), p=np.array(list(weights.values())) / sum(weights.values())))
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}; got {kind!r}")
     ps, dz = _u(rng, R.pixel_spacing_mm), _u(rng, R.slice_thickness_mm)
@@ -296,23 +302,39 @@ def _add_calcifications(rng: np.random.Generator, hu: np.ndarray, X: np.ndarray,
     meta["calcifications"] = n
 
 
+def parse_kind_weights(weights: dict[str, float] | str) -> dict[str, float]:
+    """Kind weights from a dict or ``"sdh=1,edh=1,both=2,negative=0.5,iph=1"``; checked."""
+    if isinstance(weights, str):
+        try:
+            weights = {k.strip(): float(v) for k, v in (item.split("=") for item in weights.split(","))}
+        except ValueError:
+            raise ValueError(f"kind weights must look like 'sdh=1,edh=1,both=1'; got {weights!r}") from None
+    unknown = set(weights) - set(KINDS)
+    if unknown or not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"kind weights must be non-negative, not all zero, for kinds {sorted(KINDS)}; got {weights}")
+    return dict(weights)
+
+
 def phantom_seed(seed: int, index: int) -> int:
     """Seed of phantom ``index`` of a set generated with ``seed`` (sets never overlap)."""
     return seed * 1_000_003 + index
 
 
-def _one(args: tuple[int, int, PhantomRanges | None, str | None]) -> Phantom:
-    seed, index, ranges, kind = args
-    return make_phantom(phantom_seed(seed, index), kind, ranges, case_id=f"synth-s{seed}-{index:05d}")
+def _one(args: tuple[int, int, PhantomRanges | None, str | None, dict[str, float] | None]) -> Phantom:
+    seed, index, ranges, kind, weights = args
+    return make_phantom(phantom_seed(seed, index), kind, ranges, case_id=f"synth-s{seed}-{index:05d}",
+                        kind_weights=weights)
 
 
 def iter_phantoms(indices: Iterable[int], seed: int, ranges: PhantomRanges | None = None,
-                  kinds: Sequence[str] | None = None, workers: int = 1) -> Iterator[Phantom]:
+                  kinds: Sequence[str] | None = None, workers: int = 1,
+                  kind_weights: dict[str, float] | None = None) -> Iterator[Phantom]:
     """Yield phantoms ``indices`` of the set ``seed`` in order, one at a time (bounded memory).
 
-    ``kinds`` (cycled by index) fixes the kind of each phantom; otherwise it is drawn.
+    ``kinds`` (cycled by index) fixes the kind of each phantom; otherwise it is drawn with
+    ``kind_weights`` (default ``KINDS``).
     """
-    jobs = [(seed, i, ranges, kinds[i % len(kinds)] if kinds else None) for i in indices]
+    jobs = [(seed, i, ranges, kinds[i % len(kinds)] if kinds else None, kind_weights) for i in indices]
     if workers <= 1:
         yield from (_one(j) for j in jobs)
         return
@@ -370,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ranges = PhantomRanges.evaluation() if a.wide else PhantomRanges.training()
     kinds = a.kinds.split(",") if a.kinds else None
     for i in range(a.count):
-        ph = _one((a.seed, i, ranges, kinds[i % len(kinds)] if kinds else None))
+        ph = _one((a.seed, i, ranges, kinds[i % len(kinds)] if kinds else None, None))
         info = write_phantom_series(ph, Path(a.out) / ph.case_id)
         logger.info("%s: %s, %d slices", ph.case_id, ph.kind, len(info["dicom"]))
     return 0

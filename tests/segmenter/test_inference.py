@@ -82,8 +82,6 @@ def test_predict_cli_writes_labels_in_series_order(tmp_path: Path, tiny_weights:
     assert set(findings) == {"SDH", "EDH"} and "volume_ml" in findings["SDH"]
 
 
-@pytest.mark.xfail(strict=True, reason="shipped csr16-synth-1.0 confuses SDH and EDH on wide-range phantoms "
-                   "(held-out EDH Dice 0.69, see the README model card); strict, so a model that passes must drop this mark")
 def test_shipped_weights_find_sdh_edh_and_call_a_negative_negative() -> None:
     """A real check on unseen, wider-range phantoms (seed 777, not the report's held-out seed)."""
     manifest = read_manifest()

@@ -9,7 +9,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 
 from segmenter.findings import EDH, SDH
-from segmenter.synthetic import KINDS, PhantomRanges, make_phantom, write_phantom_series
+from segmenter.synthetic import KINDS, PhantomRanges, make_phantom, parse_kind_weights, write_phantom_series
 
 SEEDS = range(4)
 
@@ -111,3 +111,24 @@ def test_write_phantom_series_round_trip(tmp_path, small_ranges: PhantomRanges) 
     assert np.abs(series.volume_hu - np.round(p.hu)).max() <= 1.0
     assert np.array_equal(np.load(info["labels"]), p.labels)
     assert info["truth"]["kind"] == "edh"
+
+
+def test_kind_weights_choose_the_drawn_kinds(small_ranges: PhantomRanges) -> None:
+    drawn = {make_phantom(s, None, small_ranges, kind_weights={"both": 1.0, "sdh": 0.0}).kind for s in range(4)}
+    assert drawn == {"both"}
+    # Without weights the draw is the default one, so older training commands reproduce.
+    assert make_phantom(7, None, small_ranges).kind == make_phantom(7, None, small_ranges, kind_weights=None).kind
+
+
+@pytest.mark.parametrize("bad", ["sdh=1,sah=1", "sdh:1", "sdh=-1,edh=1", "sdh=0,edh=0"])
+def test_bad_kind_weights_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="kind weights must"):
+        parse_kind_weights(bad)
+
+
+def test_sdh_spans_a_longer_arc_than_any_edh() -> None:
+    # Shape, not size, must tell the classes apart: an SDH is never as short as an EDH can be long.
+    for ranges in (PhantomRanges.training(), PhantomRanges.evaluation()):
+        longest_edh = max(float(np.rad2deg(np.arccos(1 - t / (2 * 70.0 * s))))
+                          for t in ranges.edh_thickness_mm for s in ranges.head_scale)
+        assert ranges.sdh_arc_deg[0] > longest_edh
