@@ -12,13 +12,16 @@ only moves jobs out of ``received``:
 A series is complete when either
 
 (a) every association that delivered its instances has been released, its slices form one
-    evenly spaced stack without gaps (``series.spacing_tolerance_mm``) and at least
-    :data:`RELEASE_SETTLE_S` passed since its last instance; or
+    evenly spaced stack without gaps (``series.spacing_tolerance_mm``) and a settle time
+    passed since its last instance: :data:`BATCH_RELEASE_SETTLE_S` when the last association
+    carried several of the series' instances, :data:`RELEASE_SETTLE_S` when it carried one; or
 (b) ``series.quiet_seconds`` passed since its last instance (the idle timer every open DICOM
     router uses; it also covers senders that keep an association open and idle).
 
 The settle time in (a) exists because some senders open one association per instance: without
-it, a stack would look "released and contiguous" between two of those associations.
+it, a stack would look "released and contiguous" between two of those associations. A sender
+that used one association for many instances is not waiting to open another for each, so its
+settle is short (it still covers a sender that splits a series into chunks a few ms apart).
 
 Both outcomes are single ledger transitions guarded by the job's ``last_instance_at``, so an
 instance recorded while we were deciding makes the transition a no-op and the job is looked at
@@ -39,10 +42,12 @@ from dicom_node.logs import short_uid
 logger = logging.getLogger(__name__)
 
 #: Seconds after the last instance before a released, contiguous series counts as complete
-#: (capped at series.quiet_seconds).
+#: when that instance came on an association of its own (capped at series.quiet_seconds).
 RELEASE_SETTLE_S = 1.0
-#: A series' headers are read once no instance arrived for this long (below RELEASE_SETTLE_S,
-#: so completion by release is not delayed).
+#: The same when the last association carried several instances of the series.
+BATCH_RELEASE_SETTLE_S = 0.2
+#: A series' headers are read once no instance arrived for this long, or once every association
+#: that delivered it was released, whichever comes first.
 HEADER_SETTLE_S = 0.5
 #: Headers read per pass, so that one huge study does not hold up the rest of the loop.
 HEADER_BATCH = 500
@@ -100,9 +105,10 @@ class Assembler:
     def read_headers(self, now: float, limit: int = HEADER_BATCH) -> int:
         """Read and cache the header of up to ``limit`` instances not read yet.
 
-        Only series that paused for :data:`HEADER_SETTLE_S`: reading headers while a series
-        streams in would take the interpreter lock from the receiver in the same process
-        (measured ~2.7 ms per instance), and nothing is decided before the series pauses anyway.
+        Only series that paused for :data:`HEADER_SETTLE_S` or whose associations were all
+        released: reading headers while a series streams in would take the interpreter lock from
+        the receiver in the same process (measured ~2.7 ms per instance), and nothing is
+        decided before the series pauses anyway.
         """
         pending = self.ledger.instances_without_header(limit, settled_before=now - HEADER_SETTLE_S)
         for sop_uid, path in pending:
@@ -136,9 +142,12 @@ class Assembler:
         idle = now - job.last_instance_at
         if idle >= series.quiet_seconds:
             return f"no instance for {idle:.1f} s (series.quiet_seconds {series.quiet_seconds:g})"
-        if idle < min(RELEASE_SETTLE_S, series.quiet_seconds):
+        if idle < min(BATCH_RELEASE_SETTLE_S, series.quiet_seconds):
             return None
         if self.ledger.open_associations_for_job(job.id):
+            return None
+        single = self.ledger.instances_in_last_association(job.id) < 2
+        if single and idle < min(RELEASE_SETTLE_S, series.quiet_seconds):
             return None
         if len(headers) < 2 or any(h.error for h in headers):
             return None

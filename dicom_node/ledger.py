@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS instances (
     sop_class_uid TEXT NOT NULL, path TEXT NOT NULL, assoc_id TEXT, received_at REAL NOT NULL,
     job_id INTEGER);
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+CREATE INDEX IF NOT EXISTS instances_job ON instances(job_id);
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, series_uid TEXT NOT NULL, study_uid TEXT NOT NULL,
     state TEXT NOT NULL, outcome TEXT, fail_stage TEXT, reason TEXT, lane TEXT,
@@ -46,6 +47,12 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE TABLE IF NOT EXISTS instance_headers (
     sop_uid TEXT PRIMARY KEY, read_at REAL NOT NULL, error TEXT, summary_json TEXT NOT NULL);
 """
+
+
+def _no_open_association(job_id_column: str) -> str:
+    """SQL condition: no association that delivered an instance of that job is still open."""
+    return ("NOT EXISTS(SELECT 1 FROM instances oi JOIN associations oa ON oa.id = oi.assoc_id "
+            f"WHERE oi.job_id = {job_id_column} AND oa.closed_at IS NULL)")
 
 
 class JobState(StrEnum):
@@ -193,6 +200,27 @@ class Ledger:
             "SELECT COUNT(DISTINCT a.id) FROM instances i JOIN associations a ON a.id = i.assoc_id "
             "WHERE i.job_id=? AND a.closed_at IS NULL", (job_id,)).fetchone()
         return int(row[0])
+
+    def instances_in_last_association(self, job_id: int) -> int:
+        """How many of the job's instances came on the association that carried its latest one."""
+        row = self._db().execute(
+            "SELECT COUNT(*) FROM instances WHERE job_id=? AND assoc_id = (SELECT assoc_id FROM instances "
+            "WHERE job_id=? ORDER BY received_at DESC LIMIT 1)", (job_id, job_id)).fetchone()
+        return int(row[0])
+
+    def has_work_in_flight(self) -> bool:
+        """Whether a job is being decided, run or collected right now (the loop then polls faster).
+
+        True for jobs in complete, queued or running, and for received jobs whose associations
+        were all released (their completion is due within the settle time). Received jobs still
+        streaming in, or waiting for the quiet timer on an open association, do not count.
+        """
+        row = self._db().execute(
+            "SELECT EXISTS(SELECT 1 FROM jobs WHERE state IN (?,?,?)) OR EXISTS(SELECT 1 FROM jobs j "
+            f"WHERE j.state=? AND {_no_open_association('j.id')})",
+            (JobState.COMPLETE.value, JobState.QUEUED.value, JobState.RUNNING.value, JobState.RECEIVED.value),
+        ).fetchone()
+        return bool(row[0])
 
     # -- instances -------------------------------------------------------------------------
     def record_instance(self, sop_uid: str, study_uid: str, series_uid: str, sop_class_uid: str,
@@ -443,9 +471,11 @@ class Ledger:
         """(SOP Instance UID, path) of recorded instances whose header was not read yet.
 
         With ``settled_before``, only instances of jobs whose last instance arrived at or before
-        that time: series still streaming in are left for later.
+        that time, or whose associations were all released: series still streaming in are left
+        for later.
         """
-        settled = "" if settled_before is None else " AND j.last_instance_at <= ?"
+        settled = "" if settled_before is None else (
+            f" AND (j.last_instance_at <= ? OR {_no_open_association('i.job_id')})")
         args: tuple[Any, ...] = (limit,) if settled_before is None else (settled_before, limit)
         rows = self._db().execute(
             "SELECT i.sop_uid, i.path FROM instances i LEFT JOIN instance_headers h ON h.sop_uid = i.sop_uid "

@@ -42,8 +42,11 @@ from dicom_node.names import LEDGER_FILE
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between loop passes when a pass had nothing to do.
+#: Seconds between loop passes when nothing is in flight.
 LOOP_INTERVAL_S = 0.5
+#: Seconds between passes while a series is about to complete or a job is queued or running:
+#: each pass is a few indexed queries, and this bounds the delay each hand-over adds.
+BUSY_INTERVAL_S = 0.1
 #: /healthz reports the loop as stuck when its last pass ended longer ago than this.
 LOOP_STALE_S = 120.0
 
@@ -112,6 +115,7 @@ class Node:
         self.last_pass_at: float | None = None
         self.stage_errors: dict[str, str] = {}
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._loop: threading.Thread | None = None
 
     # -- one pass ------------------------------------------------------------------------------
@@ -140,7 +144,7 @@ class Node:
         """Start the receiver, the status endpoint and the loop thread; returns at once."""
         from dicom_node.scp import start_receiver  # pynetdicom only where the receiver runs
 
-        self.receiver = start_receiver(self.cfg, self.ledger)
+        self.receiver = start_receiver(self.cfg, self.ledger, on_release=self.wake)
         if self.cfg.http.enabled:
             try:
                 self.http = StatusServer(self.cfg, self.status, self.health)
@@ -156,15 +160,25 @@ class Node:
             "submitter": type(self.submitter).__name__ if self.submitter else "none",
             "sender": type(self.sender).__name__ if self.sender else "none"})
 
+    def wake(self) -> None:
+        """Run the next pass now (an association was released: a series may be complete)."""
+        self._wake.set()
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()
             self.run_once(self.clock())
             self._write_state()
-            self._stop.wait(LOOP_INTERVAL_S)
+            try:
+                busy = self.ledger.has_work_in_flight()
+            except Exception:  # noqa: BLE001 - a ledger hiccup must not end the loop
+                busy = False
+            self._wake.wait(BUSY_INTERVAL_S if busy else LOOP_INTERVAL_S)
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop receiving, finish the loop's current pass, stop the endpoint."""
         self._stop.set()
+        self._wake.set()
         if self.receiver is not None:
             self.receiver.shutdown()
         if self._loop is not None:
@@ -207,12 +221,15 @@ class Node:
         elif self.receiver.status().get("low_disk"):
             problems.append("low disk: refusing instances (node.min_free_disk_gb)")
         problems += [f"stage {name} failing: {error}" for name, error in sorted(self.stage_errors.items())]
+        if self.submitter is not None and hasattr(self.submitter, "health"):
+            problems += self.submitter.health(now)
         return problems
 
     def status(self) -> dict[str, Any]:
         """The status document with this process's live receiver counters."""
         snapshot = status_snapshot(self.ledger, self.cfg, self.clock())
         snapshot["node"]["running"] = True
+        snapshot["node"]["problems"] = self.health()
         if self.receiver is not None:
             snapshot["receiver"].update(self.receiver.status())
         return snapshot
@@ -224,7 +241,8 @@ class Node:
                  "receiver": self.receiver.status() if self.receiver is not None else None,
                  "stages": {"submitter": type(self.submitter).__name__ if self.submitter else "absent",
                             "sender": type(self.sender).__name__ if self.sender else "absent",
-                            **{f"{k}_error": v for k, v in self.stage_errors.items()}}}
+                            **{f"{k}_error": v for k, v in self.stage_errors.items()}},
+                 "problems": self.health() if not stopped else []}
         try:
             write_node_state(self.cfg.data_dir, state)
         except OSError as exc:

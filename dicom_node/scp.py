@@ -17,7 +17,7 @@ import time
 import uuid
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
@@ -56,6 +56,9 @@ class ReceiverState:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     assoc_ids: "weakref.WeakKeyDictionary[Any, str]" = field(default_factory=weakref.WeakKeyDictionary,
                                                              repr=False)
+    #: Called after an association's end is recorded (the node wakes its loop: a released
+    #: series may be complete now).
+    on_release: Callable[[], None] | None = field(default=None, repr=False)
 
     def disk_checked(self, free_gb: float) -> bool:
         """Record the free space; returns True when storing may go on. Logs transitions only."""
@@ -198,6 +201,8 @@ def handle_closed(event: Event, ledger: Ledger, state: ReceiverState) -> None:
         logger.exception("cannot record the end of an association", extra={"assoc": assoc_id})
     how = "aborted" if event.assoc.is_aborted else "released"
     logger.info(f"association {how}", extra={"assoc": assoc_id})
+    if state.on_release is not None:
+        state.on_release()
 
 
 def handle_rejected(event: Event, allowed: list[str], max_associations: int) -> None:
@@ -282,7 +287,8 @@ class Receiver:
         self.server.shutdown()
 
 
-def start_receiver(cfg: Config, ledger: Ledger, spool: Spool | None = None) -> Receiver:
+def start_receiver(cfg: Config, ledger: Ledger, spool: Spool | None = None,
+                   on_release: Callable[[], None] | None = None) -> Receiver:
     """Prepare the spool (drop partial writes, rescan) and start listening.
 
     Run once at start, before anything else uses the ledger's association records: every
@@ -293,7 +299,7 @@ def start_receiver(cfg: Config, ledger: Ledger, spool: Spool | None = None) -> R
     spool.clean_tmp()
     ledger.close_all_associations()
     rescan(spool, ledger)
-    state = ReceiverState(cfg.node.min_free_disk_gb)
+    state = ReceiverState(cfg.node.min_free_disk_gb, on_release=on_release)
     state.disk_checked(spool.free_gb())
     server = make_server(cfg, spool, ledger, state)
     logger.info("receiver listening", extra={"ae_title": cfg.node.ae_title, "bind": cfg.node.bind,

@@ -33,6 +33,7 @@ from dicom_node.config import Config
 from dicom_node.ledger import FailStage, Job, JobState, Ledger
 from dicom_node.logs import short_uid
 from dicom_node.names import HEARTBEAT_FILE, OUTCOME_FILE, RESULTS_DIR
+from dicom_node.outage import Outage
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ CT_CLASSES = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.8
 MISSING_GRACE_S = 2.0
 #: Broker look-ups at most this often; each reads the lane lists and the unacked hash.
 BROKER_CHECK_INTERVAL_S = 2.0
+#: An idle node pings the broker this often, so an outage is noticed before a study arrives.
+BROKER_PING_INTERVAL_S = 10.0
+#: A broker unreachable for this long is reported (ERROR log, /healthz, status).
+BROKER_ALERT_S = 60.0
 
 
 class _Submitter:
@@ -69,6 +74,13 @@ class _Submitter:
     def close(self) -> None:
         """Release resources (threads, connections)."""
 
+    def _probe(self, now: float) -> None:
+        """Check the queue's dependencies when idle (the embedded queue has none)."""
+
+    def health(self, now: float) -> list[str]:
+        """Problems a health probe should see; empty when the queue is usable."""
+        return []
+
     # -- the loop body ---------------------------------------------------------------------
     def run_once(self, ledger: Ledger | None = None, now: float | None = None) -> dict[str, int]:
         """One pass: collect outcomes, detect lost tasks, submit, and request status reports.
@@ -79,6 +91,7 @@ class _Submitter:
         if ledger is not None:
             self.ledger = ledger
         counts = {"recorded": 0, "running": 0, "lost": 0, "submitted": 0, "failed": 0, "reports": 0}
+        self._probe(now)
         self._collect(now, counts)
         for job in self.ledger.jobs([JobState.COMPLETE]):
             try:
@@ -383,11 +396,34 @@ class CelerySubmitter(_Submitter):
         self._in_lanes: set[str] = set()
         self._unacked: set[str] = set()
         self._checked_at = float("-inf")
+        self._pinged_at = float("-inf")
+        self.broker = Outage("queue broker", BROKER_ALERT_S)
 
     def _send(self, job_id: int, manifest_rel: str, lane: str, task_id: str) -> None:
-        self.app.send_task(TASK_NAME, args=[job_id, manifest_rel], queue=lane, task_id=task_id, retry=True,
-                           retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
-                                         "interval_max": 1})
+        now = time.time()
+        try:
+            self.app.send_task(TASK_NAME, args=[job_id, manifest_rel], queue=lane, task_id=task_id, retry=True,
+                               retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
+                                             "interval_max": 1})
+        except Exception as exc:
+            self.broker.failed(now, exc)
+            raise
+        self.broker.ok(now)
+
+    def _probe(self, now: float) -> None:
+        if now - self._pinged_at < BROKER_PING_INTERVAL_S:
+            return
+        self._pinged_at = now
+        try:
+            self.redis.ping()
+        except Exception as exc:
+            self.broker.failed(now, exc)
+        else:
+            self.broker.ok(now)
+
+    def health(self, now: float) -> list[str]:
+        problem = self.broker.problem(now)
+        return [problem] if problem else []
 
     def _in_flight(self, task_ids: set[str], now: float, waiting_only: bool = False) -> set[str] | None:
         """Task ids found in a lane list or in kombu's ``unacked`` hash (reserved by a worker)."""
@@ -400,7 +436,9 @@ class CelerySubmitter(_Submitter):
                 *lanes, unacked = pipe.execute()
             except Exception as exc:
                 logger.warning("broker unreachable; cannot check queued tasks", extra={"error": str(exc)[:200]})
+                self.broker.failed(now, exc)
                 return None
+            self.broker.ok(now)
             self._in_lanes = {_task_id(raw, unacked=False) for lane in lanes for raw in lane}
             self._unacked = {_task_id(raw, unacked=True) for raw in unacked}
             self._checked_at = now

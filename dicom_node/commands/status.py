@@ -45,6 +45,7 @@ def render(doc: dict[str, Any]) -> str:
              f"node: {node['ae_title']} port {node['port']}: {state}"]
     if node.get("stages"):
         lines.append("stages: " + ", ".join(f"{k}={v}" for k, v in sorted(node["stages"].items())))
+    lines += [f"PROBLEM: {problem}" for problem in node.get("problems", [])]
     refusal = "ACTIVE: refusing instances (0xA700)" if rx["low_disk_refusal"] else "off"
     lines += [f"receiver: {rx['instances']} instances, last at {rx['last_instance_at']}, "
               f"{rx['open_associations']} association(s) open",

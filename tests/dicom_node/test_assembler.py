@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicom_node import assembler as assembler_mod
-from dicom_node.assembler import RELEASE_SETTLE_S, Assembler, needs_status_report
+from dicom_node.assembler import BATCH_RELEASE_SETTLE_S, RELEASE_SETTLE_S, Assembler, needs_status_report
 from dicom_node.config import parse_config
 from dicom_node.eligibility import OWN_MANUFACTURER
 from dicom_node.ledger import DeliveryState, JobState, Ledger
@@ -77,11 +77,33 @@ def test_complete_when_released_and_contiguous(cfg, ledger, ct12):
     asm = Assembler(cfg, ledger)
     assert asm.run_once(T0 + 5).completed == []  # association still open
     ledger.close_association("a1", now=T0 + 5)
-    assert asm.run_once(T0 + 0.5).completed == []  # inside the settle time
-    report = asm.run_once(T0 + RELEASE_SETTLE_S)
+    # One association carried the whole series: only the short settle time applies.
+    assert asm.run_once(T0 + BATCH_RELEASE_SETTLE_S / 2).completed == []
+    report = asm.run_once(T0 + BATCH_RELEASE_SETTLE_S)
     job = only_job(ledger)
     assert report.completed == [job.id] and job.state == JobState.COMPLETE
     assert "associations released and 12 slices contiguous" in ledger.events(job.id)[-1][2]
+
+
+def test_headers_read_at_release_without_waiting_for_a_pause(cfg, ledger, ct12):
+    ledger.open_association("a1", "SCU", now=T0)
+    record(ledger, ct12)
+    asm = Assembler(cfg, ledger)
+    assert asm.run_once(T0 + 0.01).headers_read == 0  # still streaming in on an open association
+    ledger.close_association("a1", now=T0 + 0.01)
+    assert asm.run_once(T0 + 0.02).headers_read == 12
+
+
+def test_one_instance_per_association_waits_the_full_settle_time(cfg, ledger, ct12):
+    for i, path in enumerate(ct12):  # a sender that opens an association per instance
+        ledger.open_association(f"a{i}", "SCU", now=T0)
+        record(ledger, [path], assoc=f"a{i}")
+        ledger.close_association(f"a{i}", now=T0)
+    asm = Assembler(cfg, ledger)
+    # Looks released and contiguous, but the sender may be about to open the next association.
+    assert asm.run_once(T0 + BATCH_RELEASE_SETTLE_S).completed == []
+    assert asm.run_once(T0 + RELEASE_SETTLE_S - 0.01).completed == []
+    assert asm.run_once(T0 + RELEASE_SETTLE_S).completed == [only_job(ledger).id]
 
 
 def test_gap_waits_for_quiet_timer_then_not_analysed(cfg, ledger, tmp_path):

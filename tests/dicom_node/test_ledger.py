@@ -188,6 +188,25 @@ def test_associations_per_job(ledger):
     assert ledger.close_all_associations() == 1
 
 
+def test_work_in_flight_and_last_association(ledger):
+    assert not ledger.has_work_in_flight()
+    ledger.open_association("a1", "SCU", now=T0)
+    job = new_job(ledger, n=3, assoc="a1")
+    assert not ledger.has_work_in_flight()  # still streaming in on an open association
+    assert ledger.instances_in_last_association(job) == 3
+    ledger.close_association("a1")
+    assert ledger.has_work_in_flight()  # released: its completion is due
+    ledger.open_association("a2", "SCU", now=T0 + 1)
+    ledger.record_instance("1.2.3.late", "1.2", "1.2.3", CT, "/spool/late.dcm", "a2", now=T0 + 1)
+    assert ledger.instances_in_last_association(job) == 1 and not ledger.has_work_in_flight()
+    ledger.close_association("a2")
+    for state in (JobState.COMPLETE, JobState.QUEUED, JobState.RUNNING):
+        ledger.transition(job, state)
+        assert ledger.has_work_in_flight()
+    ledger.transition(job, JobState.DONE)
+    assert not ledger.has_work_in_flight()
+
+
 def test_header_cache(ledger):
     job = new_job(ledger, n=2)
     a, b = sorted(s for s, _ in ledger.instances_without_header())

@@ -140,6 +140,17 @@ def test_run_once_calls_each_stage_and_survives_a_failing_one(tmp_path, caplog):
     assert sum("stage failed" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_queue_problems_reach_health_and_status(tmp_path):
+    class BrokerDown(SpySubmitter):
+        def health(self, now):
+            return [f"queue broker unreachable for {now - 1_699_999_900.0:.0f} s: refused"]
+
+    cfg = parse_config({"node": {"data_dir": str(tmp_path / "var")}})
+    node = Node(cfg, submitter=BrokerDown(), sender=BrokenSender(), clock=lambda: 1_700_000_000.0)
+    assert "queue broker unreachable for 100 s: refused" in node.health()
+    assert "queue broker unreachable for 100 s: refused" in node.status()["node"]["problems"]
+
+
 def test_missing_stage_module_is_reported_not_faked(tmp_path, caplog, monkeypatch):
     import dicom_node.node as node_mod
 
