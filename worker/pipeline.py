@@ -197,11 +197,12 @@ def analyse_series(sources: Sequence[Path], folder: Path, cfg: Config, segmenter
 def _build(run: _Run, sources: list[pydicom.Dataset], prediction: Any, preview: bool) -> None:
     from worker.results.keyimages import build_key_images
     from worker.results.preview import render_preview_png
-    from worker.results.seg import build_seg
+    from worker.results.seg import build_seg, prepare_sources
     from worker.results.sr import build_sr
 
-    seg = build_seg(sources, prediction)
-    sr = build_sr(sources, prediction, seg)
+    headers = prepare_sources(sources)  # once for SEG and SR (key images need the pixels)
+    seg = build_seg(headers, prediction)
+    sr = build_sr(headers, prediction, seg)
     keys = build_key_images(sources, prediction, max_images=MAX_KEY_IMAGES)
     run.lap("build")
     if seg is not None:

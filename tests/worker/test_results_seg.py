@@ -168,3 +168,12 @@ def test_prepare_sources_accepts_a_single_header_without_geometry(ct: CTSeries) 
     del header.PixelData, header.ImagePositionPatient
     (out,) = prepare_sources([header], need_geometry=False)
     assert "PixelData" not in out and out.SOPInstanceUID == header.SOPInstanceUID
+
+
+def test_prepared_headers_are_reused_but_still_checked(ct: CTSeries) -> None:
+    headers = prepare_sources(ct.datasets)
+    again = prepare_sources(headers)
+    assert all(a is b for a, b in zip(again, headers))  # no second copy
+    with pytest.raises(ValueError, match="sorted along the slice normal"):
+        prepare_sources([headers[1], headers[0], *headers[2:]])
+    assert "PixelData" in ct.datasets[0] and "PixelData" not in headers[0]  # the caller's datasets untouched

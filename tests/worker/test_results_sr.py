@@ -193,3 +193,13 @@ def test_ill_sr_arguments(ct: CTSeries, make_prediction: Callable[..., Predictio
     bad.findings["SDH"] = dataclasses.replace(bad.findings["SDH"], laterality="up")
     with pytest.raises(ValueError, match="laterality must be one of"):
         build_sr(ct.datasets, bad, seg)
+
+
+def test_sr_image_library_lists_every_source_slice_before_the_measurements(positive, ct: CTSeries) -> None:
+    sr = hd.sr.srread(positive[2])
+    names = [item.ConceptNameCodeSequence[0].CodeValue for item in sr.ContentSequence]
+    assert names.index("111028") < names.index("126010")  # Image Library, then Imaging Measurements
+    (library,) = [item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "111028"]
+    listed = [entry.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+              for group in library.ContentSequence for entry in group.ContentSequence if entry.ValueType == "IMAGE"]
+    assert listed == [ds.SOPInstanceUID for ds in ct.datasets]

@@ -35,19 +35,38 @@ _FILL_ALPHA = 0.35
 _MIN_SIDE = 256
 
 
-def _as_volume(sources_or_volume: Sequence[pydicom.Dataset] | np.ndarray) -> np.ndarray:
-    if isinstance(sources_or_volume, np.ndarray):
-        if sources_or_volume.ndim != 3:
-            raise ValueError(f"sources_or_volume must be a (z, y, x) HU volume; got shape {sources_or_volume.shape}")
-        return sources_or_volume.astype(np.float32, copy=False)
-    if isinstance(sources_or_volume, Sequence) and sources_or_volume and all(
-        isinstance(ds, pydicom.Dataset) for ds in sources_or_volume
-    ):
-        return np.stack([slice_hu(ds, f"sources_or_volume[{i}]") for i, ds in enumerate(sources_or_volume)])
-    raise TypeError(
-        "sources_or_volume must be a HU volume or a non-empty sequence of Datasets; "
-        f"got {type(sources_or_volume).__name__}"
-    )
+class _Slices:
+    """HU slices of a volume or of datasets, decoded only when asked for (a preview shows 3)."""
+
+    def __init__(self, sources_or_volume: Sequence[pydicom.Dataset] | np.ndarray) -> None:
+        self.volume: np.ndarray | None = None
+        self.datasets: Sequence[pydicom.Dataset] = ()
+        if isinstance(sources_or_volume, np.ndarray):
+            if sources_or_volume.ndim != 3:
+                raise ValueError(
+                    f"sources_or_volume must be a (z, y, x) HU volume; got shape {sources_or_volume.shape}")
+            self.volume = sources_or_volume.astype(np.float32, copy=False)
+            self.shape = self.volume.shape
+        elif isinstance(sources_or_volume, Sequence) and sources_or_volume and all(
+            isinstance(ds, pydicom.Dataset) for ds in sources_or_volume
+        ):
+            self.datasets = sources_or_volume
+            first = sources_or_volume[0]
+            self.shape = (len(sources_or_volume), int(first.Rows), int(first.Columns))
+        else:
+            raise TypeError("sources_or_volume must be a HU volume or a non-empty sequence of Datasets; "
+                            f"got {type(sources_or_volume).__name__}")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if self.volume is not None:
+            return self.volume[k]
+        hu = slice_hu(self.datasets[k], f"sources_or_volume[{k}]")
+        if hu.shape != self.shape[1:]:
+            raise ValueError(f"sources_or_volume[{k}] must be {self.shape[1:]} like the first slice; got {hu.shape}")
+        return hu
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -175,7 +194,7 @@ def render_preview_png(
     pathlib.Path
         ``path``.
     """
-    volume = _as_volume(sources_or_volume)
+    volume = _Slices(sources_or_volume)
     labels = np.asarray(labels)
     if labels.shape != volume.shape:
         raise ValueError(f"labels must have the volume's shape {volume.shape}; got {labels.shape}")

@@ -4,7 +4,7 @@ Content tree of :func:`build_sr` (PS3.16 TID 1500)::
 
     Imaging Measurement Report
       observer: device (model name, Device UID)     procedure reported: LN 24725-4 CT Head
-      Image Library: every source slice
+      Image Library: one group, shared CT geometry once, every source slice (image_library)
       Imaging Measurements
         Measurement Group (TID 1501) "Summary"
           SDH (99DURAL) = Present | Absent          (always, for both classes)
@@ -29,6 +29,7 @@ import pydicom
 from segmenter.findings import CLASS_NAMES, Finding, ModelInfo, Prediction
 
 from . import codes, uids
+from .image_library import add_image_library
 from .seg import check_prediction, contributing_equipment, prepare_sources
 
 __all__ = [
@@ -234,8 +235,8 @@ def build_sr(
         observation_context=_observation_context(model),
         procedure_reported=codes.PROCEDURE_CT_HEAD,
         imaging_measurements=groups,
-        referenced_images=headers,
     )
+    add_image_library(report, headers)
     logger.debug("built SR: triage %s, %d measurement group(s)", category, len(groups))
     return _document(evidence, report, source, model, "SR", series_number, "AI SDH/EDH report (research)")
 
