@@ -154,6 +154,13 @@ class ModelConfig(_Strict):
     threads: int = Field(default=2, ge=1)
 
 
+class ResultsConfig(_Strict):
+    #: Also render ``preview.png`` (the slice with the largest bleed) into each job's folder.
+    #: Off by default: nothing on the way to the PACS reads it, and it costs time there.
+    #: ``dicom-node demo`` turns it on; ``dicom-node process`` writes one unless ``--no-preview``.
+    preview_png: bool = False
+
+
 class HttpConfig(_Strict):
     bind: str = "127.0.0.1"
     port: Port = 8080
@@ -170,6 +177,7 @@ class Config(_Strict):
     destinations: list[Destination] = Field(default_factory=list)
     queue: QueueConfig = QueueConfig()
     model: ModelConfig = ModelConfig()
+    results: ResultsConfig = ResultsConfig()
     http: HttpConfig = HttpConfig()
     logging: LoggingConfig = LoggingConfig()
 

@@ -259,7 +259,8 @@ def run_job(manifest_path: str | Path, data_dir: str | Path, cfg: Config,
     logger.info("job started", extra=log)
     with heartbeat(folder):
         outcome = analyse_series(sources, folder, cfg, segmenter, rel_to=data_dir, mode=manifest.mode,
-                                 state=manifest.state, reason=manifest.reason, fail_stage=manifest.fail_stage)
+                                 state=manifest.state, reason=manifest.reason, fail_stage=manifest.fail_stage,
+                                 preview=cfg.results.preview_png)
     outcome.update(job_id=manifest.job_id, manifest_digest=manifest.digest)
     write_json_atomic(folder / OUTCOME_FILE, outcome)
     logger.info("job finished", extra={**log, "state": outcome["state"], "fail_stage": outcome["fail_stage"],

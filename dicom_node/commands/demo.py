@@ -50,6 +50,7 @@ def demo_config(cfg: Config, root: Path, weights: str | None) -> Config:
                           "backoff_base_s": 1, "max_attempts": 5}],
         "queue": {"broker_url": "embedded"},
         "model": model,
+        "results": {"preview_png": True},
         "http": {"bind": "127.0.0.1", "port": _free_port()},
         "logging": {"level": "WARNING"},
     }, "<demo>")

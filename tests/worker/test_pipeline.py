@@ -26,7 +26,7 @@ from segmenter.dicom_io import make_test_series
 from segmenter.findings import EDH, SDH, Finding, ModelInfo, Prediction
 from segmenter.weights import sha256_file
 from worker.manifest import Manifest, heartbeat, job_dir, read_outcome, write_json_atomic
-from worker.pipeline import MAX_KEY_IMAGES, analyse_series, run_job
+from worker.pipeline import MAX_KEY_IMAGES, PREVIEW_FILE, analyse_series, run_job
 
 MODEL = ModelInfo("planted", "0.0-test", "ab" * 32)
 DCIODVFY = Path(sys.executable).parent / "dciodvfy"
@@ -74,7 +74,8 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 
-def test_positive_series_writes_all_objects_then_outcome(cfg):
+def test_positive_series_writes_all_objects_then_outcome(tmp_path):
+    cfg = parse_config({"node": {"data_dir": str(tmp_path / "data")}, "results": {"preview_png": True}})
     rel, paths = make_job(cfg)
     outcome = run_job(rel, cfg.data_dir, cfg, Planted())
     assert outcome["state"] == "done" and outcome["fail_stage"] is None
@@ -93,6 +94,14 @@ def test_positive_series_writes_all_objects_then_outcome(cfg):
     assert (cfg.data_dir / outcome["preview"]).read_bytes()[:4] == b"\x89PNG"
     on_disk = json.loads((job_dir(cfg.data_dir, 1) / "outcome.json").read_text())
     assert on_disk == json.loads(json.dumps(outcome))
+
+
+def test_no_preview_png_unless_configured(cfg):
+    """The preview is for people (the demo, ``process``); by default a job does not spend time on it."""
+    rel, _ = make_job(cfg)
+    outcome = run_job(rel, cfg.data_dir, cfg, Planted())
+    assert outcome["state"] == "done" and "preview" not in outcome and "preview" not in outcome["timings"]
+    assert not (job_dir(cfg.data_dir, 1) / PREVIEW_FILE).exists()
 
 
 def test_rerun_returns_existing_outcome_without_running(cfg):
