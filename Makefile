@@ -42,7 +42,7 @@ test: install system-deps
 bench: install system-deps
 	$(BIN)/python bench/receive.py
 	$(BIN)/python bench/inference.py
-	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/e2e.py --json bench/results/e2e.json
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

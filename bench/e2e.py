@@ -15,7 +15,7 @@ the ledger's event timestamps (node clock) and the worker's outcome timings:
 - collect: worker finished -> node recorded the outcome (the node's polling)
 - sending: recorded -> every object acknowledged by Orthanc (C-STORE)
 
-Usage: ``python bench/e2e.py [--runs 5] [--weights PATH] [--embedded]``.
+Usage: ``python bench/e2e.py [--runs 5] [--weights PATH] [--embedded] [--json bench/results/e2e.json]``.
 """
 from __future__ import annotations
 
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embedded", action="store_true", help="no Redis or worker: the node runs jobs itself")
     p.add_argument("--slices", type=int, default=40)
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    p.add_argument("--json", type=Path, help="also write the runs and medians here (e.g. bench/results/e2e.json)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from dicom_node.ledger import Ledger
@@ -187,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nTargets: end to end <= 10 s: {'met' if e2e <= 10 else 'NOT met'} ({e2e:.2f} s); "
               f"all but inference <= 0.5 x inference: {'met' if rest <= 0.5 * inf else 'NOT met'} "
               f"({rest:.2f} s vs {0.5 * inf:.2f} s)")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({
+                "series": f"{args.slices} x 512 x 512 synthetic head CT (SDH)",
+                "queue": "embedded" if args.embedded else "redis + 1 prefork worker",
+                "weights": weights.name, "cpu_cores": os.cpu_count(), "runs": rows,
+                "median": {key: round(statistics.median(r[key] for r in rows), 3) for key in keys},
+            }, indent=1) + "\n")
         return 0
     finally:
         for proc in reversed(procs):
