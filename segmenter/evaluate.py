@@ -140,11 +140,13 @@ def evaluate(segmenter: Any, cases: Iterable[Any]) -> dict[str, Any]:
     return {"summary": summarize(records), "records": records}
 
 
-def held_out_phantoms(count: int, seed: int, workers: int = 1) -> Iterator[Any]:
-    """Held-out synthetic set: its own seed, ``PhantomRanges.evaluation()`` (wider), kinds cycled."""
-    from .synthetic import KINDS, PhantomRanges, iter_phantoms
+def held_out_phantoms(count: int, seed: int, workers: int = 1, version: int | None = None) -> Iterator[Any]:
+    """Held-out synthetic set: its own seed, ``PhantomRanges.evaluation()`` (wider), kinds cycled;
+    ``version`` of the generator (default the current one)."""
+    from .synthetic import KINDS, PHANTOM_VERSION, PhantomRanges, iter_phantoms
 
-    return iter_phantoms(range(count), seed, PhantomRanges.evaluation(), kinds=list(KINDS), workers=workers)
+    ranges = PhantomRanges.evaluation(PHANTOM_VERSION if version is None else version)
+    return iter_phantoms(range(count), seed, ranges, kinds=list(KINDS), workers=workers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     from .inference import Segmenter
+    from .synthetic import PHANTOM_VERSION, PHANTOM_VERSIONS
 
     p = argparse.ArgumentParser(prog="python -m segmenter evaluate")
     p.add_argument("--weights", help="checkpoint (default: shipped weights)")
@@ -162,12 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--threads", type=int)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--phantoms", type=int, choices=PHANTOM_VERSIONS, default=PHANTOM_VERSION,
+                   help="synthetic generator version")
     p.add_argument("--out", help="report JSON path")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     seg = Segmenter.load(a.weights, threads=a.threads, bf16={"auto": None, "on": True, "off": False}[a.bf16])
     if a.dataset == "synthetic":
-        cases: Iterable[Any] = held_out_phantoms(a.count, a.seed, a.workers)
+        cases: Iterable[Any] = held_out_phantoms(a.count, a.seed, a.workers, a.phantoms)
     else:
         from . import realdata
 
@@ -175,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = evaluate(seg, cases)
     report["setup"] = {"dataset": a.dataset, "seed": a.seed, "count": report["summary"]["cases"], "weights": a.weights or "shipped",
                        "bf16": seg.bf16, "model": seg.info.to_dict(),
-                       "ranges": "PhantomRanges.evaluation()" if a.dataset == "synthetic" else a.data_root}
+                       "ranges": f"PhantomRanges.evaluation({a.phantoms})" if a.dataset == "synthetic" else a.data_root}
     print(format_table(report["summary"]))
     if a.out:
         with open(a.out, "w", encoding="utf-8") as fh:

@@ -22,7 +22,7 @@ held-out set can use another seed and wider ranges (``PhantomRanges.evaluation()
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -33,6 +33,11 @@ from .cases import Case
 from .findings import EDH, SDH
 
 logger = logging.getLogger(__name__)
+
+#: Generator versions that can still be produced. 2: SDH arcs of 55-85 degrees (v1 had shorter
+#: ones, which looked like EDH); 3: intraparenchymal bleeds kept off the inner table.
+PHANTOM_VERSIONS = (2, 3)
+PHANTOM_VERSION = 3
 
 #: Case kinds and their default sampling weights.
 KINDS: dict[str, float] = {"sdh": 0.3, "edh": 0.25, "both": 0.1, "negative": 0.15, "iph": 0.2}
@@ -62,13 +67,17 @@ class PhantomRanges:
     edh_hu: Range = (58.0, 85.0)
     iph_radius_mm: Range = (6.0, 20.0)
     iph_hu: Range = (58.0, 85.0)
+    #: The bleed of an IPH stays at least this deep below the inner table (its oedema rim 2 mm
+    #: less), so CSF and cortex always separate it from the skull. 0: no limit (phantoms v2,
+    #: where a superficial IPH could fill the space up to the bone and look exactly like an EDH).
+    iph_min_depth_mm: float = 5.0
 
     @classmethod
-    def training(cls) -> "PhantomRanges":
-        return cls()
+    def training(cls, version: int = PHANTOM_VERSION) -> "PhantomRanges":
+        return cls()._as_version(version)
 
     @classmethod
-    def evaluation(cls) -> "PhantomRanges":
+    def evaluation(cls, version: int = PHANTOM_VERSION) -> "PhantomRanges":
         """Wider than training on every geometric, acquisition and lesion parameter."""
         return cls(pixel_spacing_mm=(0.38, 0.56), slice_thickness_mm=(2.5, 5.0),
                    n_slices=(20, 44), head_scale=(0.86, 1.12), rotation_deg=(-22.0, 22.0),
@@ -76,7 +85,14 @@ class PhantomRanges:
                    skull_mm=(4.5, 9.0), sdh_thickness_mm=(3.5, 18.0), sdh_arc_deg=(50.0, 95.0),
                    sdh_acute_hu=(55.0, 85.0), sdh_subacute_hu=(42.0, 54.0),
                    subacute_fraction=0.2, edh_thickness_mm=(7.0, 34.0), edh_hu=(55.0, 90.0),
-                   iph_radius_mm=(5.0, 24.0), iph_hu=(55.0, 90.0))
+                   iph_radius_mm=(5.0, 24.0), iph_hu=(55.0, 90.0))._as_version(version)
+
+    def _as_version(self, version: int) -> "PhantomRanges":
+        """These ranges as phantoms ``version`` made them, so that older training commands (the
+        shipped weights' first stages) still generate exactly their data."""
+        if version not in PHANTOM_VERSIONS:
+            raise ValueError(f"phantom version must be one of {list(PHANTOM_VERSIONS)}; got {version!r}")
+        return self if version >= 3 else replace(self, iph_min_depth_mm=0.0)
 
 
 @dataclass
@@ -228,7 +244,7 @@ def make_phantom(seed: int, kind: str | None = None, ranges: PhantomRanges | Non
     hu = _anatomy(rng, depth - pushed, depth, scalp, inner, base, X, Y, Z, A, B, C, nz)
     hu = np.where(labels > 0, hu_lesion, hu)
     if kind == "iph":
-        _add_iph(rng, R, hu, X, Y, Z, A, B, C, meta)
+        _add_iph(rng, R, hu, X, Y, Z, A, B, C, depth - inner, meta)
     _add_calcifications(rng, hu, X, Y, Z, depth - pushed, inner, meta)
     sigma = _u(rng, R.blur_px)
     hu = ndimage.gaussian_filter(hu, sigma=(0.0, sigma, sigma), truncate=2.5)
@@ -277,14 +293,24 @@ def _anatomy(rng: np.random.Generator, bdepth: np.ndarray, depth: np.ndarray, sc
 
 
 def _add_iph(rng: np.random.Generator, R: PhantomRanges, hu: np.ndarray, X: np.ndarray,
-             Y: np.ndarray, Z: np.ndarray, A: float, B: float, C: float, meta: dict[str, Any]) -> None:
-    """Intraparenchymal bleed with an oedema rim, deep to the cortex; unlabelled confounder."""
+             Y: np.ndarray, Z: np.ndarray, A: float, B: float, C: float, below_table: np.ndarray,
+             meta: dict[str, Any]) -> None:
+    """Intraparenchymal bleed with an oedema rim, deep to the cortex; unlabelled confounder.
+
+    ``below_table``: each voxel's depth below the inner table (mm).
+    """
     r = _u(rng, R.iph_radius_mm)
     c = np.array([rng.uniform(-0.45, 0.45) * A, rng.uniform(-0.45, 0.45) * B, rng.uniform(0.0, 0.35) * C])
     d2 = ((X - c[0]) ** 2 + ((Y - c[1]) / 1.2) ** 2 + ((Z - c[2]) / 1.1) ** 2)
-    hu[(d2 < (r + 4.0) ** 2) & (d2 >= r**2) & (hu > 15) & (hu < 45)] = rng.uniform(12.0, 20.0)
-    hu[(d2 < r**2) & (hu > 0) & (hu < 100)] = _u(rng, R.iph_hu)
-    meta["iph"] = {"radius_mm": r, "center_mm": c.tolist()}
+    rim = (d2 < (r + 4.0) ** 2) & (d2 >= r**2) & (hu > 15) & (hu < 45)
+    core = (d2 < r**2) & (hu > 0) & (hu < 100)
+    if R.iph_min_depth_mm > 0:  # skipped at 0, so version-2 phantoms stay bit for bit the same
+        rim &= below_table >= R.iph_min_depth_mm - 2.0
+        core &= below_table >= R.iph_min_depth_mm
+    hu[rim] = rng.uniform(12.0, 20.0)
+    hu[core] = _u(rng, R.iph_hu)
+    shallowest = float(below_table[core].min()) if core.any() else None
+    meta["iph"] = {"radius_mm": r, "center_mm": c.tolist(), "min_depth_below_table_mm": shallowest}
 
 
 def _add_calcifications(rng: np.random.Generator, hu: np.ndarray, X: np.ndarray, Y: np.ndarray,

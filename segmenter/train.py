@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .csr_unet import CSRUNet, CSRUNetConfig
 from .data import SamplerConfig, SliceBank, build_bank, patient_split, sample_batch
 from .preprocess import to_channels
-from .synthetic import parse_kind_weights
+from .synthetic import PHANTOM_VERSION, PHANTOM_VERSIONS, parse_kind_weights
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class TrainConfig:
     device: str | None = None
     init_from: str | None = None
     kind_weights: dict[str, float] | None = None  # synthetic kinds drawn with these weights
+    phantoms: int = 3  # synthetic generator version (segmenter.synthetic.PHANTOM_VERSIONS)
     model: CSRUNetConfig = field(default_factory=CSRUNetConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
@@ -69,7 +70,7 @@ def training_data(cfg: TrainConfig) -> tuple[Iterable[Any], list[Any]]:
 
         n_val = max(1, int(round(cfg.val_fraction * cfg.count)))
         val_idx = range(cfg.count - min(n_val, cfg.val_cases), cfg.count)
-        ranges = PhantomRanges.training()
+        ranges = PhantomRanges.training(cfg.phantoms)
         # Validation kinds are cycled so every kind (EDH included) is validated.
         return (iter_phantoms(range(cfg.count - n_val), cfg.seed, ranges, workers=cfg.workers,
                               kind_weights=cfg.kind_weights),
@@ -248,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--init", help="checkpoint whose weights start this run (fine-tuning)")
     p.add_argument("--kind-weights", help="synthetic kinds' weights, e.g. sdh=1,edh=1,both=2,negative=0.5,iph=1 "
                    "(default: segmenter.synthetic.KINDS)")
+    p.add_argument("--phantoms", type=int, choices=PHANTOM_VERSIONS, default=PHANTOM_VERSION,
+                   help="synthetic generator version; older ones reproduce older runs exactly")
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--base-width", type=int, default=16)
     p.add_argument("--input-size", type=int, default=256)
@@ -271,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = TrainConfig(dataset=a.dataset, data_root=a.data_root, count=a.count, seed=a.seed, epochs=a.epochs,
                       iters_per_epoch=a.iters, batch=a.batch, lr=a.lr, val_cases=a.val_cases,
                       workers=a.workers, threads=a.threads, device=a.device, init_from=a.init, model=model,
-                      kind_weights=parse_kind_weights(a.kind_weights) if a.kind_weights else None,
+                      kind_weights=parse_kind_weights(a.kind_weights) if a.kind_weights else None, phantoms=a.phantoms,
                       sampler=SamplerConfig(crop=a.crop))
     logger.info("command: python -m segmenter train %s", " ".join(argv if argv is not None else sys.argv[1:]))
     result = train(cfg, out, resume=a.resume, stop_after=a.stop_after)

@@ -1,7 +1,7 @@
 """Phantoms: labels inside the skull, SDH crescents vs EDH lenses, unlabelled confounders."""
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -132,3 +132,24 @@ def test_sdh_spans_a_longer_arc_than_any_edh() -> None:
         longest_edh = max(float(np.rad2deg(np.arccos(1 - t / (2 * 70.0 * s))))
                           for t in ranges.edh_thickness_mm for s in ranges.head_scale)
         assert ranges.sdh_arc_deg[0] > longest_edh
+
+
+def test_iph_stays_off_the_inner_table_and_other_kinds_are_unchanged(small_ranges: PhantomRanges) -> None:
+    """Phantoms v3 keep an IPH >= iph_min_depth_mm below the inner table (CSF and cortex between
+    it and the bone; v2 let it reach the bone, where it looked exactly like an EDH). Nothing else
+    changed, so the shipped weights' v2 training stages still generate their exact data."""
+    big = replace(small_ranges, iph_radius_mm=(22.0, 24.0))  # large enough to reach the table
+    v2, v3 = big._as_version(2), big._as_version(3)
+    assert v2.iph_min_depth_mm == 0.0 and v3.iph_min_depth_mm == 5.0
+    old = [make_phantom(seed, "iph", v2).meta["iph"]["min_depth_below_table_mm"] for seed in range(8)]
+    new = [make_phantom(seed, "iph", v3).meta["iph"]["min_depth_below_table_mm"] for seed in range(8)]
+    assert min(old) < 1.0, "no v2 IPH reached the table: this test would not see a regression"
+    assert all(depth >= 5.0 for depth in new)
+    for kind in ("sdh", "edh", "both", "negative"):
+        a, b = make_phantom(3, kind, v2), make_phantom(3, kind, v3)
+        assert np.array_equal(a.hu, b.hu) and np.array_equal(a.labels, b.labels), kind
+
+
+def test_unknown_phantom_version_is_refused() -> None:
+    with pytest.raises(ValueError, match="phantom version must be one of"):
+        PhantomRanges.training(1)
