@@ -152,6 +152,9 @@ class ModelConfig(_Strict):
     weights: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default=2, ge=1)
+    #: bf16 autocast on the CPU. None: as the weights' manifest says (``bf16_cpu``). Worth
+    #: turning on only where the CPU computes bf16 natively (AMX): see the README's model card.
+    bf16: bool | None = None
 
 
 class ResultsConfig(_Strict):

@@ -21,12 +21,12 @@ __all__ = ["fallback_model_info", "get_segmenter", "warm"]
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-#: (pid, weights, device, threads) -> Segmenter. The pid makes a forked child load its own.
-_cache: dict[tuple[int, str, str, int], Any] = {}
+#: (pid, weights, device, threads, bf16) -> Segmenter. The pid makes a forked child load its own.
+_cache: dict[tuple[int, str, str, int, bool | None], Any] = {}
 
 
-def _key(cfg: Config) -> tuple[int, str, str, int]:
-    return (os.getpid(), str(cfg.model.weights or ""), cfg.model.device, cfg.model.threads)
+def _key(cfg: Config) -> tuple[int, str, str, int, bool | None]:
+    return (os.getpid(), str(cfg.model.weights or ""), cfg.model.device, cfg.model.threads, cfg.model.bf16)
 
 
 def get_segmenter(cfg: Config) -> Any:
@@ -45,7 +45,8 @@ def get_segmenter(cfg: Config) -> Any:
 
             logger.info("loading model", extra={"weights": key[1] or "shipped", "device": cfg.model.device})
             device = None if cfg.model.device == "auto" else cfg.model.device  # None: CUDA when present
-            _cache[key] = Segmenter.load(cfg.model.weights, device=device, threads=cfg.model.threads)
+            _cache[key] = Segmenter.load(cfg.model.weights, device=device, threads=cfg.model.threads,
+                                         bf16=cfg.model.bf16)
         return _cache[key]
 
 

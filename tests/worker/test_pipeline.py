@@ -222,6 +222,22 @@ def test_real_segmenter_on_tiny_random_weights(cfg, tmp_path):
     assert "sr" in {f["type"] for f in outcome["files"]}
 
 
+@pytest.mark.parametrize("manifest_bf16", [False, True])
+def test_model_bf16_setting_overrides_the_manifest(cfg, tmp_path, manifest_bf16):
+    net_cfg = CSRUNetConfig(base_width=4, depth=2, input_size=64, windows=("brain",))
+    weights = tmp_path / "tiny.pt"
+    torch.save({"model": CSRUNet.from_config(net_cfg).state_dict(), "config": net_cfg.to_dict()}, weights)
+    weights.with_suffix(".json").write_text(json.dumps({"sha256": sha256_file(weights), "version": "tiny-0",
+                                                        "bf16_cpu": manifest_bf16}))
+    from worker import model_cache
+
+    chosen = {}
+    for setting in (None, True, False):
+        model = cfg.model.model_copy(update={"weights": weights, "device": "cpu", "threads": 1, "bf16": setting})
+        chosen[setting] = model_cache.get_segmenter(cfg.model_copy(update={"model": model})).bf16
+    assert chosen == {None: manifest_bf16, True: True, False: False}
+
+
 def test_key_images_are_capped_to_the_largest_slices(cfg, tmp_path):
     _, paths = make_job(cfg)
     outcome = analyse_series(paths, tmp_path / "out", cfg, Planted(slices=slice(0, 12)), rel_to=tmp_path,
