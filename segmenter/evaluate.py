@@ -140,13 +140,14 @@ def evaluate(segmenter: Any, cases: Iterable[Any]) -> dict[str, Any]:
     return {"summary": summarize(records), "records": records}
 
 
-def held_out_phantoms(count: int, seed: int, workers: int = 1, version: int | None = None) -> Iterator[Any]:
-    """Held-out synthetic set: its own seed, ``PhantomRanges.evaluation()`` (wider), kinds cycled;
-    ``version`` of the generator (default the current one)."""
+def held_out_phantoms(count: int, seed: int, workers: int = 1, version: int | None = None,
+                      kinds: Sequence[str] | None = None) -> Iterator[Any]:
+    """Held-out synthetic set: its own seed, ``PhantomRanges.evaluation()`` (wider), ``kinds``
+    cycled (default every kind); ``version`` of the generator (default the current one)."""
     from .synthetic import KINDS, PHANTOM_VERSION, PhantomRanges, iter_phantoms
 
     ranges = PhantomRanges.evaluation(PHANTOM_VERSION if version is None else version)
-    return iter_phantoms(range(count), seed, ranges, kinds=list(KINDS), workers=workers)
+    return iter_phantoms(range(count), seed, ranges, kinds=list(kinds or KINDS), workers=workers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -154,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     from .inference import Segmenter
-    from .synthetic import PHANTOM_VERSION, PHANTOM_VERSIONS
+    from .synthetic import KINDS, PHANTOM_VERSION, PHANTOM_VERSIONS
 
     p = argparse.ArgumentParser(prog="python -m segmenter evaluate")
     p.add_argument("--weights", help="checkpoint (default: shipped weights)")
@@ -167,12 +168,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--phantoms", type=int, choices=PHANTOM_VERSIONS, default=PHANTOM_VERSION,
                    help="synthetic generator version")
+    p.add_argument("--kinds", help="synthetic kinds to cycle through, e.g. iph (default: all)")
     p.add_argument("--out", help="report JSON path")
     a = p.parse_args(argv)
+    kinds = [k.strip() for k in a.kinds.split(",")] if a.kinds else None
+    if kinds and not set(kinds) <= set(KINDS):
+        p.error(f"--kinds must be among {sorted(KINDS)}; got {a.kinds!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     seg = Segmenter.load(a.weights, threads=a.threads, bf16={"auto": None, "on": True, "off": False}[a.bf16])
     if a.dataset == "synthetic":
-        cases: Iterable[Any] = held_out_phantoms(a.count, a.seed, a.workers, a.phantoms)
+        cases: Iterable[Any] = held_out_phantoms(a.count, a.seed, a.workers, a.phantoms, kinds)
     else:
         from . import realdata
 

@@ -1,6 +1,7 @@
 """Metrics on hand-built masks: Dice/IoU identities, case-level counts, per-slice selection."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -58,3 +59,17 @@ def test_case_record_and_summary() -> None:
     assert s["negative_cases"]["fp_volume_ml_mean"] == pytest.approx(20 * 5 / 1000)
     assert s["iph_cases"]["called_sdh"] == 0 and s["iph_cases"]["count"] == 1
     assert "SDH" in format_table(s)
+
+
+def test_cli_evaluates_the_chosen_kinds_and_refuses_unknown_ones(tiny_weights, tmp_path) -> None:
+    from segmenter.evaluate import main
+
+    out = tmp_path / "report.json"
+    assert main(["--weights", str(tiny_weights), "--count", "2", "--kinds", "iph", "--phantoms", "3",
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["summary"]["kinds"] == {"iph": 2}
+    assert [r["case_id"] for r in report["records"]] == ["synth-s1000-00000", "synth-s1000-00001"]
+    assert report["setup"]["ranges"] == "PhantomRanges.evaluation(3)"
+    with pytest.raises(SystemExit):
+        main(["--weights", str(tiny_weights), "--count", "1", "--kinds", "sah"])
