@@ -48,7 +48,7 @@ class TrainConfig:
     device: str | None = None
     init_from: str | None = None
     kind_weights: dict[str, float] | None = None  # synthetic kinds drawn with these weights
-    phantoms: int = 3  # synthetic generator version (segmenter.synthetic.PHANTOM_VERSIONS)
+    phantoms: int = PHANTOM_VERSION  # synthetic generator version (segmenter.synthetic.PHANTOM_VERSIONS)
     model: CSRUNetConfig = field(default_factory=CSRUNetConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
