@@ -58,6 +58,9 @@ class Submitter(Protocol):
         """Submit complete eligible jobs, collect outcomes, resubmit lost ones; never raise for
         one job's problem (record it in the ledger instead)."""
 
+    def health(self, now: float) -> list[str]:
+        """Problems a health probe should see (an unreachable broker); empty when all is well."""
+
 
 class Sender(Protocol):
     """Sends due deliveries of the durable outbox (engineer F)."""
@@ -221,7 +224,7 @@ class Node:
         elif self.receiver.status().get("low_disk"):
             problems.append("low disk: refusing instances (node.min_free_disk_gb)")
         problems += [f"stage {name} failing: {error}" for name, error in sorted(self.stage_errors.items())]
-        if self.submitter is not None and hasattr(self.submitter, "health"):
+        if self.submitter is not None:
             problems += self.submitter.health(now)
         return problems
 

@@ -117,6 +117,9 @@ class SpySubmitter:
     def run_once(self, ledger, now):
         self.calls.append((ledger, now))
 
+    def health(self, now):
+        return []
+
 
 class BrokenSender:
     def __init__(self) -> None:
