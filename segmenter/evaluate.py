@@ -10,7 +10,9 @@ returns (the shipped decision rule), on the source grid:
 * ``sensitivity``/``specificity``: case level, truth positive = any truth voxel of the class,
   prediction positive = ``Finding.present``.
 * ``confusion_ml``: truth class (rows) x predicted class (columns) in mL, over all cases.
-* Negative and IPH-confounder cases are reported separately (false-positive volume, calls).
+* Negative and IPH-confounder cases are reported separately (false-positive volume, calls,
+  and how many had a component removed by the EDH-must-reach-bone rule).
+* ``excluded_ml``: per case, the volume that rule removed (``Prediction.excluded``).
 """
 from __future__ import annotations
 
@@ -98,7 +100,9 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "called_sdh": sum(r["SDH"]["pred_present"] for r in rs),
             "called_edh": sum(r["EDH"]["pred_present"] for r in rs),
             "fp_volume_ml_mean": _mean(fp), "fp_volume_ml_max": max(fp, default=float("nan")),
+            "excluded_by_rule": sum(r.get("excluded_ml", 0.0) > 0 for r in rs),
         }
+    out["cases_with_excluded_components"] = sum(r.get("excluded_ml", 0.0) > 0 for r in records)
     out["definitions"] = {
         "dice_3d": "per case over the whole volume, mean over cases containing the class",
         "dice_slice": "per slice over slices whose truth contains the class, mean over those slices",
@@ -119,7 +123,8 @@ def format_table(summary: dict[str, Any]) -> str:
     for kind in ("negative", "iph"):
         k = summary[f"{kind}_cases"]
         rows.append(f"{kind} cases: {k['count']}, called SDH {k['called_sdh']}, called EDH {k['called_edh']}, "
-                    f"FP volume mean {k['fp_volume_ml_mean']:.3f} mL, max {k['fp_volume_ml_max']:.3f} mL")
+                    f"FP volume mean {k['fp_volume_ml_mean']:.3f} mL, max {k['fp_volume_ml_max']:.3f} mL, "
+                    f"{k['excluded_by_rule']} with a component excluded by the EDH rule")
     rows.append("confusion (mL, rows truth bg/SDH/EDH, cols predicted): "
                 + json.dumps([[round(v, 2) for v in row] for row in summary["confusion_ml"]]))
     return "\n".join(rows)
@@ -134,6 +139,7 @@ def evaluate(segmenter: Any, cases: Iterable[Any]) -> dict[str, Any]:
         rec = case_record(case.case_id, kind, case.labels, pred.labels,
                           {k: f.present for k, f in pred.findings.items()}, case.spacing_mm)
         rec["timing_s"] = pred.timings_s.get("total_s")
+        rec["excluded_ml"] = sum(e["volume_ml"] for e in getattr(pred, "excluded", []))
         records.append(rec)
         logger.info("%s %s SDH dice %.3f EDH dice %.3f", case.case_id, kind, rec["SDH"]["dice_3d"],
                     rec["EDH"]["dice_3d"])

@@ -84,13 +84,15 @@ class Prediction:
     """A label volume on the source grid plus one ``Finding`` per class.
 
     ``labels`` is uint8 with shape (slices, rows, cols) in the same slice order as the
-    sorted source series (0 background, 1 SDH, 2 EDH).
+    sorted source series (0 background, 1 SDH, 2 EDH). ``excluded`` lists the components that
+    post-processing removed by rule rather than by size (see ``segmenter.postprocess``).
     """
 
     labels: np.ndarray
     findings: dict[str, Finding]
     model: ModelInfo
     timings_s: dict[str, float] = field(default_factory=dict)
+    excluded: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def any_present(self) -> bool:

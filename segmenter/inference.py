@@ -131,12 +131,12 @@ class Segmenter:
         logits, crop = self.scores(volume_hu)
         t1 = time.perf_counter()
         probs = to_original_grid(logits, crop).numpy()
-        labels, findings = findings_from_probabilities(probs, spacing_mm, crop.left + crop.side / 2.0,
-                                                       row_direction)
+        labels, findings, excluded = findings_from_probabilities(
+            probs, spacing_mm, crop.left + crop.side / 2.0, row_direction, volume_hu=volume_hu)
         t2 = time.perf_counter()
         return Prediction(labels, findings, self.info,
                           {"network_s": round(t1 - t0, 3), "postprocess_s": round(t2 - t1, 3),
-                           "total_s": round(t2 - t0, 3)})
+                           "total_s": round(t2 - t0, 3)}, excluded)
 
     def predict_series(self, series: Any) -> Prediction:
         """Segment a ``segmenter.dicom_io.CTSeries`` (volume, spacing, row direction)."""
@@ -162,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pred = seg.predict_series(series)
     findings = {k: f.to_dict() for k, f in pred.findings.items()}
     np.savez_compressed(a.out, labels=pred.labels, sop_instance_uids=np.array(series.sop_instance_uids),
-                        findings_json=json.dumps(findings), model_json=json.dumps(pred.model.to_dict()))
-    print(json.dumps({"out": a.out, "findings": findings, "timings_s": pred.timings_s}, indent=2))
+                        findings_json=json.dumps(findings),
+                        excluded_json=json.dumps(pred.excluded), model_json=json.dumps(pred.model.to_dict()))
+    print(json.dumps({"out": a.out, "findings": findings, "excluded": pred.excluded, "timings_s": pred.timings_s},
+                     indent=2))
     return 0

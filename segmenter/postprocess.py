@@ -19,12 +19,12 @@ step moves ``row_direction[0] * dx`` mm towards patient left.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from .findings import CLASS_NAMES, Finding
+from .findings import CLASS_NAMES, EDH, Finding
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,12 @@ logger = logging.getLogger(__name__)
 MIN_COMPONENT_ML = 0.05
 #: A class is reported present at or above this total volume (mL).
 MIN_PRESENT_ML = 0.5
+#: Bone for the EDH rule: above any blood (at most ~100 HU), below the inner table even where
+#: partial volume thins it.
+BONE_HU = 300.0
+#: An EDH component further than this from bone is not epidural (mm). On the development sets
+#: true EDH touched bone (0 mm) and the IPH called EDH lay 3.0 mm or more from it.
+EDH_MAX_BONE_GAP_MM = 2.0
 #: A side counts for laterality when it holds at least this share of the class volume.
 MIN_SIDE_SHARE = 0.15
 
@@ -63,6 +69,43 @@ def clean_labels(labels: np.ndarray, spacing_mm: Sequence[float],
     return out, comps, n
 
 
+def drop_detached_edh(labels: np.ndarray, comps: np.ndarray, volume_hu: np.ndarray,
+                      spacing_mm: Sequence[float], bone_hu: float = BONE_HU,
+                      max_gap_mm: float = EDH_MAX_BONE_GAP_MM) -> list[dict[str, Any]]:
+    """Set EDH components that do not reach bone to background, in ``labels`` and ``comps``.
+
+    Returns
+    -------
+    list of dict
+        One entry per dropped component: ``label``, ``volume_ml``, ``bone_gap_mm`` (None when
+        no bone lies within the search margin of ``max_gap_mm`` plus one voxel) and ``reason``.
+    """
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    margin = [int(np.ceil(max_gap_mm / s)) + 1 for s in spacing_mm]
+    dropped = []
+    for cid, box in enumerate(ndimage.find_objects(comps), start=1):
+        if box is None:
+            continue
+        box = tuple(slice(max(0, b.start - m), b.stop + m) for b, m in zip(box, margin))
+        mine = comps[box] == cid
+        if labels[box][mine][0] != EDH:
+            continue
+        bone = volume_hu[box] >= bone_hu
+        if (mine & bone).any():
+            continue  # the component overlaps bone (blurred inner table): attached
+        gap = float(ndimage.distance_transform_edt(~mine, sampling=spacing_mm)[bone].min()) if bone.any() else None
+        if gap is not None and gap <= max_gap_mm:
+            continue
+        labels[box][mine] = 0
+        comps[box][mine] = 0
+        volume = float(mine.sum()) * voxel_ml
+        dropped.append({"label": CLASS_NAMES[EDH], "volume_ml": round(volume, 3),
+                        "bone_gap_mm": None if gap is None else round(gap, 2),
+                        "reason": f"no bone within {max_gap_mm:g} mm: not epidural"})
+        logger.info("excluded an EDH-labelled component of %.2f mL: no bone within %g mm", volume, max_gap_mm)
+    return dropped
+
+
 def max_thickness_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> float:
     """Twice the largest in-plane distance to the mask border, over slices (mm)."""
     best = 0.0
@@ -92,8 +135,9 @@ def laterality(mask: np.ndarray, comps: np.ndarray, spacing_mm: Sequence[float],
 
 def findings_from_probabilities(probs: np.ndarray, spacing_mm: Sequence[float], midline_col: float,
                                 row_direction: Sequence[float] = (1.0, 0.0, 0.0),
-                                min_present_ml: float = MIN_PRESENT_ML) -> tuple[np.ndarray, dict[str, Finding]]:
-    """Labels and findings from (Z, C, rows, cols) probabilities on the source grid.
+                                min_present_ml: float = MIN_PRESENT_ML, volume_hu: np.ndarray | None = None,
+                                ) -> tuple[np.ndarray, dict[str, Finding], list[dict[str, Any]]]:
+    """Labels, findings and excluded components from (Z, C, rows, cols) probabilities.
 
     Parameters
     ----------
@@ -105,15 +149,20 @@ def findings_from_probabilities(probs: np.ndarray, spacing_mm: Sequence[float], 
         Column of the head's midline, for laterality.
     row_direction:
         Direction cosines (LPS) of increasing column index.
+    volume_hu:
+        The source volume in HU, for the EDH-must-touch-bone rule; without it the rule cannot
+        locate bone and is skipped.
 
     Returns
     -------
-    labels, findings
-        uint8 labels (Z, rows, cols) and a ``Finding`` per class name.
+    labels, findings, excluded
+        uint8 labels (Z, rows, cols), a ``Finding`` per class name, and the components removed
+        by the EDH rule (see ``drop_detached_edh``).
     """
     labels, comps, _ = clean_labels(probs.argmax(1).astype(np.uint8), spacing_mm)
-    return labels, findings_from_labels(labels, comps, probs, spacing_mm, midline_col, row_direction,
-                                        min_present_ml)
+    excluded = [] if volume_hu is None else drop_detached_edh(labels, comps, volume_hu, spacing_mm)
+    findings = findings_from_labels(labels, comps, probs, spacing_mm, midline_col, row_direction, min_present_ml)
+    return labels, findings, excluded
 
 
 def findings_from_labels(labels: np.ndarray, comps: np.ndarray, probs: np.ndarray | None,

@@ -188,7 +188,9 @@ def analyse_series(sources: Sequence[Path], folder: Path, cfg: Config, segmenter
         return _status(run, cfg, sources, "failed", _reason("building the result objects failed", exc),
                        "results", headers=series.datasets, model=prediction.model)
     findings = {name: f.to_dict() for name, f in prediction.findings.items()}
-    extra = {"inference_timings": dict(prediction.timings_s)}
+    # Components the decision rule removed (e.g. a hyperdense blob away from the skull, not an
+    # EDH): kept in the outcome so a reviewer can see what the model saw and why it is not reported.
+    extra = {"inference_timings": dict(prediction.timings_s), "excluded_components": list(prediction.excluded)}
     if (folder / PREVIEW_FILE).is_file():
         extra["preview"] = os.path.relpath(folder / PREVIEW_FILE, rel_to)
     return run.outcome("done", findings=findings, model=prediction.model.to_dict(), extra=extra)

@@ -51,6 +51,7 @@ def test_case_record_and_summary() -> None:
                      spacing)
     r4 = case_record("d", "iph", np.zeros_like(truth_sdh), np.zeros_like(truth_sdh), {"SDH": False, "EDH": False},
                      spacing)
+    r4["excluded_ml"] = 2.1  # a component the EDH rule removed
     s = summarize([r1, r2, r3, r4])
     assert s["SDH"]["positive_cases"] == 1 and s["SDH"]["sensitivity"] == 1.0
     assert s["SDH"]["specificity"] == pytest.approx(2 / 3)  # b was called SDH
@@ -58,7 +59,9 @@ def test_case_record_and_summary() -> None:
     assert s["confusion_ml"][EDH][SDH] == pytest.approx(50 * 5 / 1000)  # the EDH called SDH
     assert s["negative_cases"]["fp_volume_ml_mean"] == pytest.approx(20 * 5 / 1000)
     assert s["iph_cases"]["called_sdh"] == 0 and s["iph_cases"]["count"] == 1
-    assert "SDH" in format_table(s)
+    assert s["iph_cases"]["excluded_by_rule"] == 1 and s["negative_cases"]["excluded_by_rule"] == 0
+    assert s["cases_with_excluded_components"] == 1
+    assert "SDH" in format_table(s) and "1 with a component excluded by the EDH rule" in format_table(s)
 
 
 def test_cli_evaluates_the_chosen_kinds_and_refuses_unknown_ones(tiny_weights, tmp_path) -> None:

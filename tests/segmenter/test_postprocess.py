@@ -6,8 +6,11 @@ import pytest
 
 from segmenter.findings import EDH, SDH
 from segmenter.postprocess import (
+    BONE_HU,
+    EDH_MAX_BONE_GAP_MM,
     MIN_PRESENT_ML,
     clean_labels,
+    drop_detached_edh,
     findings_from_labels,
     findings_from_probabilities,
     laterality,
@@ -87,9 +90,73 @@ def test_findings_from_probabilities_confidence_and_argmax() -> None:
     probs = np.zeros((3, 3, 40, 40), np.float32)
     probs[:, 0] = 1.0
     probs[0:2, :, 10:30, 22:30] = np.array([0.1, 0.7, 0.2])[:, None, None]
-    labels, f = findings_from_probabilities(probs, (5.0, 1.0, 1.0), 19.5)
+    labels, f, excluded = findings_from_probabilities(probs, (5.0, 1.0, 1.0), 19.5)
+    assert excluded == []
     assert labels.shape == (3, 40, 40) and labels.dtype == np.uint8
     assert f["SDH"].voxel_count == 2 * 20 * 8 and f["SDH"].confidence == pytest.approx(0.7)
     assert f["SDH"].volume_ml == pytest.approx(1.6) and f["SDH"].present
     assert f["SDH"].laterality == "left" and f["SDH"].max_thickness_mm == pytest.approx(8.0, abs=1.0)
     assert not f["EDH"].present
+
+
+def skull_and_blob(gap_px: int, label: int = EDH) -> tuple[np.ndarray, np.ndarray]:
+    """HU volume with a bone slab in columns 0-9 and a label block starting ``gap_px`` after it."""
+    hu = np.full((6, 64, 64), 30.0, np.float32)
+    hu[:, :, :10] = 1500.0
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[1:4, 20:40, 10 + gap_px:10 + gap_px + 12] = label
+    return hu, labels
+
+
+@pytest.mark.parametrize("gap_px,label,dropped", [
+    (0, EDH, False),   # against the inner table: epidural
+    (3, EDH, False),   # 2 mm of partial volume or under-segmentation at 0.5 mm pixels: kept
+    (4, EDH, True),    # 2.5 mm of brain between it and the bone: not epidural
+    (12, EDH, True),
+    (12, SDH, False),  # the rule is for EDH only (SDH can follow the falx, away from bone)
+])
+def test_edh_must_reach_bone(gap_px: int, label: int, dropped: bool) -> None:
+    hu, labels = skull_and_blob(gap_px, label)
+    cleaned, comps, _ = clean_labels(labels, SPACING)
+    before = int((cleaned > 0).sum())
+    out = drop_detached_edh(cleaned, comps, hu, SPACING)
+    assert bool(out) is dropped
+    assert int((cleaned > 0).sum()) == (0 if dropped else before)
+    assert ((comps > 0) == (cleaned > 0)).all()
+    if dropped:
+        gap_mm = (gap_px + 1) * SPACING[2]  # voxel centre to voxel centre
+        assert out == [{"label": "EDH", "volume_ml": pytest.approx(before * 1.25e-3, abs=1e-3),
+                        "bone_gap_mm": None if gap_mm > EDH_MAX_BONE_GAP_MM + SPACING[2] else gap_mm,
+                        "reason": f"no bone within {EDH_MAX_BONE_GAP_MM:g} mm: not epidural"}]
+
+
+def test_edh_rule_ignores_dense_tissue_below_bone_hu() -> None:
+    """A calcification-like speck (under ``BONE_HU``) next to the blob does not anchor it."""
+    hu, labels = skull_and_blob(12)
+    hu[2, 30, 20] = BONE_HU - 1
+    cleaned, comps, _ = clean_labels(labels, SPACING)
+    assert len(drop_detached_edh(cleaned, comps, hu, SPACING)) == 1
+    hu[2, 30, 20] = BONE_HU
+    cleaned, comps, _ = clean_labels(labels, SPACING)
+    assert drop_detached_edh(cleaned, comps, hu, SPACING) == []
+
+
+def test_findings_from_probabilities_applies_the_edh_rule_with_hu() -> None:
+    hu, labels = skull_and_blob(12)
+    probs = np.stack([labels == c for c in range(3)], axis=1).astype(np.float32)
+    _, kept, excluded = findings_from_probabilities(probs, SPACING, 31.5)
+    assert kept["EDH"].present and excluded == []
+    cleaned, f, excluded = findings_from_probabilities(probs, SPACING, 31.5, volume_hu=hu)
+    assert not f["EDH"].present and f["EDH"].voxel_count == 0 and not cleaned.any()
+    assert [e["label"] for e in excluded] == ["EDH"]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_edh_rule_keeps_every_true_epidural_phantom(seed: int) -> None:
+    """Ground-truth EDH of held-out-range phantoms all reach bone."""
+    from segmenter.synthetic import PhantomRanges, make_phantom
+
+    ph = make_phantom(seed, "edh", PhantomRanges.evaluation())
+    cleaned, comps, _ = clean_labels(ph.labels, ph.spacing_mm)
+    assert (cleaned == EDH).any()
+    assert drop_detached_edh(cleaned, comps, ph.hu, ph.spacing_mm) == []

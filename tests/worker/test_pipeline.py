@@ -38,8 +38,9 @@ class Planted:
     info = MODEL
 
     def __init__(self, error: Exception | None = None, delay_s: float = 0.0, shape: tuple | None = None,
-                 slices: slice = slice(3, 8)):
+                 slices: slice = slice(3, 8), excluded: list | None = None):
         self.error, self.delay_s, self.shape, self.slices, self.calls = error, delay_s, shape, slices, 0
+        self.excluded = excluded or []
 
     def predict_series(self, series) -> Prediction:
         self.calls += 1
@@ -50,7 +51,7 @@ class Planted:
         labels[self.slices, 20:44, 8:12] = SDH
         findings = {"SDH": Finding("SDH", SDH, True, 2.8, 4.0, "right", 0.9, int((labels == SDH).sum())),
                     "EDH": Finding("EDH", EDH, False, 0.0, 0.0, None, 0.0, 0)}
-        return Prediction(labels, findings, MODEL, {"total_s": 0.01})
+        return Prediction(labels, findings, MODEL, {"total_s": 0.01}, self.excluded)
 
 
 @pytest.fixture
@@ -94,6 +95,17 @@ def test_positive_series_writes_all_objects_then_outcome(tmp_path):
     assert (cfg.data_dir / outcome["preview"]).read_bytes()[:4] == b"\x89PNG"
     on_disk = json.loads((job_dir(cfg.data_dir, 1) / "outcome.json").read_text())
     assert on_disk == json.loads(json.dumps(outcome))
+
+
+def test_components_excluded_by_rule_are_in_the_outcome(cfg):
+    rel, _ = make_job(cfg)
+    assert run_job(rel, cfg.data_dir, cfg, Planted())["excluded_components"] == []
+    dropped = {"label": "EDH", "volume_ml": 8.3, "bone_gap_mm": 3.1, "reason": "no bone within 2 mm: not epidural"}
+    rel, _ = make_job(cfg, job_id=2)
+    outcome = run_job(rel, cfg.data_dir, cfg, Planted(excluded=[dropped]))
+    assert outcome["state"] == "done" and outcome["excluded_components"] == [dropped]
+    on_disk = json.loads((job_dir(cfg.data_dir, 2) / "outcome.json").read_text())
+    assert on_disk["excluded_components"] == [dropped]
 
 
 def test_no_preview_png_unless_configured(cfg):
