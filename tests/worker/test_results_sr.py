@@ -107,6 +107,24 @@ def test_summary_states_both_classes_and_triage(positive, negative) -> None:
     assert hd.sr.srread(negative).content.get_volumetric_roi_measurement_groups() == []
 
 
+def test_excluded_component_is_stated_in_the_summary(
+    ct: CTSeries, make_prediction: Callable[..., Prediction], tmp_path: Path, negative: Path,
+    dciodvfy: Callable[[Path], list[str]], dsrdump: Callable[[Path], str],
+) -> None:
+    """A component removed by the EDH rule is named in the report, so the negative is not bare."""
+    prediction = make_prediction(sdh=False, edh=False)
+    prediction.excluded = [{"label": "EDH", "volume_ml": 8.34, "bone_gap_mm": 3.1,
+                            "reason": "no bone within 2 mm: not epidural"}]
+    path = tmp_path / "sr.dcm"
+    build_sr(ct.datasets, prediction, None).save_as(path)
+    dciodvfy(path)
+    assert _summary(path) == {"SDH": codes.ABSENT.value, "EDH": codes.ABSENT.value, "TRIAGE": "NEGATIVE"}
+    text = dsrdump(path)
+    assert "EDH-like region of 8.3 mL (no bone within 2 mm: not epidural)" in text
+    assert "review the images" in text
+    assert "excluded by rule" not in dsrdump(negative)
+
+
 def test_sr_is_deterministic(ct: CTSeries, positive) -> None:
     prediction, seg, path = positive
     again = build_sr(ct.datasets, prediction, seg)

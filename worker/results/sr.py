@@ -10,6 +10,7 @@ Content tree of :func:`build_sr` (PS3.16 TID 1500)::
           SDH (99DURAL) = Present | Absent          (always, for both classes)
           EDH (99DURAL) = Present | Absent
           AI triage category (99DURAL) = critical | positive | negative
+          Comment (text), only when post-processing excluded a component by rule
         Measurement Group (TID 1411) "SDH" / "EDH", one per present class
           Finding Category / Finding: Morphologically Abnormal Structure / Hemorrhage
           Referenced Segment -> the SEG segment (same Tracking UID as the segment)
@@ -34,7 +35,7 @@ from .seg import check_prediction, contributing_equipment, prepare_sources
 
 __all__ = [
     "EDH_CRITICAL_VOLUME_ML", "SDH_CRITICAL_THICKNESS_MM", "SR_SERIES_NUMBER", "STATUS_SR_SERIES_NUMBER",
-    "build_sr", "build_status_sr", "triage_category",
+    "build_sr", "build_status_sr", "excluded_comment", "triage_category",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,20 @@ def triage_category(findings: Mapping[str, Finding]) -> str:
     ):
         return "critical"
     return "positive" if any(f.present for f in findings.values()) else "negative"
+
+
+def excluded_comment(excluded: Sequence[Mapping[str, object]]) -> str | None:
+    """Reader-facing text for the components the decision rule removed, or None when none were.
+
+    Such a component is something hyperdense that the network saw but the rules say is not a
+    dural bleed (an EDH-labelled blob away from the skull is most likely intraparenchymal); the
+    report says so rather than let the summary read as a plain negative.
+    """
+    if not excluded:
+        return None
+    parts = [f"{e['label']}-like region of {float(e['volume_ml']):.1f} mL ({e['reason']})" for e in excluded]
+    return ("Not reported as SDH/EDH, excluded by rule: " + "; ".join(parts)
+            + ". It may be an intraparenchymal bleed; review the images.")
 
 
 def _observation_context(model: ModelInfo) -> hd.sr.ObservationContext:
@@ -221,6 +236,11 @@ def build_sr(
     evaluations.append(hd.sr.QualitativeEvaluation(codes.TRIAGE_CATEGORY, codes.TRIAGE_VALUES[category]))
     source = uids.source_key(series_uid, [str(h.SOPInstanceUID) for h in headers])
     groups.append(_summary_group(source, model, evaluations, "Summary"))
+    comment = excluded_comment(prediction.excluded)
+    if comment is not None:
+        groups[0][0].ContentSequence.append(
+            hd.sr.TextContentItem(name=codes.REASON, value=comment, relationship_type="CONTAINS")
+        )
     evidence = list(headers)
     if seg is not None:
         numbers = _segment_numbers(seg, series_uid)
