@@ -85,7 +85,7 @@ def test_predict_cli_writes_labels_in_series_order(tmp_path: Path, tiny_weights:
 
 def test_shipped_weights_iph_near_the_skull_is_not_reported_as_edh() -> None:
     """Development-set IPH 3 (seed 3000): the network labels 2.1 mL of it EDH, 4 mm from bone;
-    the EDH-must-reach-bone rule removes it and lists it as excluded."""
+    the EDH-against-bone rule removes it and lists it as excluded."""
     from segmenter.postprocess import findings_from_probabilities
     from segmenter.synthetic import iter_phantoms
 
@@ -98,7 +98,7 @@ def test_shipped_weights_iph_near_the_skull_is_not_reported_as_edh() -> None:
     pred = seg.predict(iph.hu, iph.spacing_mm)
     assert not pred.findings["EDH"].present and not pred.findings["SDH"].present
     assert sum(e["volume_ml"] for e in pred.excluded) == pytest.approx(raw["EDH"].volume_ml, abs=0.01)
-    assert all(e["label"] == "EDH" and e["bone_gap_mm"] > 2.0 for e in pred.excluded)
+    assert all(e["label"] == "EDH" and e["attached_share"] < 0.5 for e in pred.excluded)
 
 
 def test_shipped_weights_find_sdh_edh_and_call_a_negative_negative() -> None:

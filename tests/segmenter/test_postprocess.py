@@ -8,6 +8,7 @@ from segmenter.findings import EDH, SDH
 from segmenter.postprocess import (
     BONE_HU,
     EDH_MAX_BONE_GAP_MM,
+    EDH_MIN_ATTACHED_SHARE,
     MIN_PRESENT_ML,
     clean_labels,
     drop_detached_edh,
@@ -124,19 +125,34 @@ def test_edh_must_reach_bone(gap_px: int, label: int, dropped: bool) -> None:
     assert int((cleaned > 0).sum()) == (0 if dropped else before)
     assert ((comps > 0) == (cleaned > 0)).all()
     if dropped:
-        gap_mm = (gap_px + 1) * SPACING[2]  # voxel centre to voxel centre
-        assert out == [{"label": "EDH", "volume_ml": pytest.approx(before * 1.25e-3, abs=1e-3),
-                        "bone_gap_mm": None if gap_mm > EDH_MAX_BONE_GAP_MM + SPACING[2] else gap_mm,
-                        "reason": f"no bone within {EDH_MAX_BONE_GAP_MM:g} mm: not epidural"}]
+        (entry,) = out
+        assert entry["label"] == "EDH" and entry["attached_share"] == 0.0
+        assert entry["volume_ml"] == pytest.approx(before * 1.25e-3, abs=1e-3)
+        assert entry["reason"].endswith("not epidural") and f"within {EDH_MAX_BONE_GAP_MM:g} mm" in entry["reason"]
+
+
+@pytest.mark.parametrize("attached_slices,dropped", [(0, True), (1, True), (2, False), (3, False)])
+def test_edh_must_be_against_bone_on_half_its_volume(attached_slices: int, dropped: bool) -> None:
+    """A blob on slices 1-3, 6 mm from bone, except for a spur reaching the skull on some slices."""
+    hu, labels = skull_and_blob(12)
+    labels[1:1 + attached_slices, 30, 10:22] = EDH  # the spur: 12 voxels a slice, attached
+    cleaned, comps, _ = clean_labels(labels, SPACING)
+    out = drop_detached_edh(cleaned, comps, hu, SPACING)
+    assert bool(out) is dropped
+    if dropped:
+        share = attached_slices * (240 + 12) / (3 * 240 + attached_slices * 12)
+        assert out[0]["attached_share"] == pytest.approx(share, abs=1e-3)
+        assert f"holding {share:.0%} of it" in out[0]["reason"]
+    assert EDH_MIN_ATTACHED_SHARE == 0.5
 
 
 def test_edh_rule_ignores_dense_tissue_below_bone_hu() -> None:
-    """A calcification-like speck (under ``BONE_HU``) next to the blob does not anchor it."""
+    """Dense tissue under ``BONE_HU`` beside the blob (a calcification) does not anchor it."""
     hu, labels = skull_and_blob(12)
-    hu[2, 30, 20] = BONE_HU - 1
+    hu[1:4, 30, 20] = BONE_HU - 1
     cleaned, comps, _ = clean_labels(labels, SPACING)
     assert len(drop_detached_edh(cleaned, comps, hu, SPACING)) == 1
-    hu[2, 30, 20] = BONE_HU
+    hu[1:4, 30, 20] = BONE_HU
     cleaned, comps, _ = clean_labels(labels, SPACING)
     assert drop_detached_edh(cleaned, comps, hu, SPACING) == []
 

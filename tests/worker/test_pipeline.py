@@ -100,7 +100,8 @@ def test_positive_series_writes_all_objects_then_outcome(tmp_path):
 def test_components_excluded_by_rule_are_in_the_outcome(cfg):
     rel, _ = make_job(cfg)
     assert run_job(rel, cfg.data_dir, cfg, Planted())["excluded_components"] == []
-    dropped = {"label": "EDH", "volume_ml": 8.3, "bone_gap_mm": 3.1, "reason": "no bone within 2 mm: not epidural"}
+    dropped = {"label": "EDH", "volume_ml": 8.3, "attached_share": 0.09,
+               "reason": "not against the skull (within 2 mm of bone on slices holding 9% of it): not epidural"}
     rel, _ = make_job(cfg, job_id=2)
     outcome = run_job(rel, cfg.data_dir, cfg, Planted(excluded=[dropped]))
     assert outcome["state"] == "done" and outcome["excluded_components"] == [dropped]

@@ -113,14 +113,14 @@ def test_excluded_component_is_stated_in_the_summary(
 ) -> None:
     """A component removed by the EDH rule is named in the report, so the negative is not bare."""
     prediction = make_prediction(sdh=False, edh=False)
-    prediction.excluded = [{"label": "EDH", "volume_ml": 8.34, "bone_gap_mm": 3.1,
-                            "reason": "no bone within 2 mm: not epidural"}]
+    prediction.excluded = [{"label": "EDH", "volume_ml": 8.34, "attached_share": 0.09,
+                            "reason": "not against the skull: not epidural"}]
     path = tmp_path / "sr.dcm"
     build_sr(ct.datasets, prediction, None).save_as(path)
     dciodvfy(path)
     assert _summary(path) == {"SDH": codes.ABSENT.value, "EDH": codes.ABSENT.value, "TRIAGE": "NEGATIVE"}
     text = dsrdump(path)
-    assert "EDH-like region of 8.3 mL (no bone within 2 mm: not epidural)" in text
+    assert "EDH-like region of 8.3 mL (not against the skull: not epidural)" in text
     assert "review the images" in text
     assert "excluded by rule" not in dsrdump(negative)
 
