@@ -49,6 +49,37 @@ def test_clean_labels(boxes, expected_counts) -> None:
     assert ((comps > 0) == (cleaned > 0)).all()
 
 
+@pytest.mark.parametrize("edh_cols", [
+    16,  # EDH 4x20x16 = 1280 voxels = 1.6 mL: under SPLIT_MIN_ML, voted into the SDH
+    20,  # 2.0 mL and 45 % of the component: a lesion of its own
+    40,  # 4 mL, so SDH is the minority at 2.4 mL / 37.5 %: split the other way
+])
+def test_touching_sdh_and_edh_stay_two_lesions(edh_cols: int) -> None:
+    labels = np.zeros((6, 64, 64), np.uint8)
+    labels[1:5, 10:30, 0:24] = SDH                   # 1920 voxels = 2.4 mL
+    labels[1:5, 10:30, 24:24 + edh_cols] = EDH       # touching it
+    cleaned, comps, n = clean_labels(labels, SPACING)
+    sdh_ml, edh_ml = ((cleaned == c).sum() * 1.25e-3 for c in (SDH, EDH))
+    if edh_cols == 16:
+        assert (sdh_ml, edh_ml) == pytest.approx((4.0, 0.0))
+        assert n == 1
+    else:
+        assert (sdh_ml, edh_ml) == pytest.approx((2.4, edh_cols * 0.1))
+        assert n == 2 and len(np.unique(comps[cleaned > 0])) == 2
+        for cid in np.unique(comps[comps > 0]):  # one class per component
+            assert len(np.unique(cleaned[comps == cid])) == 1
+
+
+def test_small_minority_patches_are_still_voted_away() -> None:
+    """Two 1 mL EDH patches inside a 12 mL SDH: each under the size and share floors."""
+    labels = np.zeros((6, 64, 64), np.uint8)
+    labels[0:6, 0:40, 0:40] = SDH
+    labels[0:2, 0:20, 0:20] = EDH
+    labels[4:6, 20:40, 20:40] = EDH
+    cleaned, _, _ = clean_labels(labels, SPACING)
+    assert (cleaned[labels > 0] == SDH).all()
+
+
 @pytest.mark.parametrize("width_px,spacing,expected_mm", [(10, 0.5, 5.0), (20, 0.5, 10.0), (8, 1.0, 8.0)])
 def test_max_thickness(width_px: int, spacing: float, expected_mm: float) -> None:
     mask = np.zeros((3, 80, 80), bool)
