@@ -3,7 +3,8 @@
 Usage::
 
     .venv/bin/python bench/inference.py [--weights W] [--threads 2] [--repeats 3]
-                                        [--agreement-count 20] [--seed 4242] [--json out.json]
+                                        [--agreement-count 20] [--seed 4242] [--kind sdh|both|...]
+                                        [--json out.json]
 
 Timing is the median of ``--repeats`` calls of ``Segmenter.predict`` (network plus
 post-processing, after one warm-up call). Agreement is the Dice between the bf16 and the fp32
@@ -65,22 +66,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", default="1,4")
     p.add_argument("--agreement-count", type=int, default=20)
     p.add_argument("--seed", type=int, default=4242)
+    p.add_argument("--kind", default="sdh", choices=sorted(KINDS),
+                   help="phantom to time (both: SDH and EDH, which exercises every post-processing rule)")
     p.add_argument("--json")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     ranges = replace(PhantomRanges.training(), n_slices=(40, 40), pixel_spacing_mm=(0.45, 0.45))
-    ph = make_phantom(a.seed, "sdh", ranges)
+    ph = make_phantom(a.seed, a.kind, ranges)
     rows = []
     for bs in (int(b) for b in a.batch_sizes.split(",")):
         for use_bf16 in (False, True):
             seg = Segmenter.load(a.weights, device="cpu", threads=a.threads, bf16=use_bf16, batch_size=bs)
             rows.append({"precision": "bf16" if use_bf16 else "fp32", "batch": bs,
                          **time_predict(seg, ph.hu, ph.spacing_mm, a.repeats)})
-    print(f"CSR-UNet inference, 40 x 512 x 512, {a.threads} threads, median of {a.repeats}")
+    print(f"CSR-UNet inference, 40 x 512 x 512 {a.kind} phantom, {a.threads} threads, median of {a.repeats}")
     print("precision  batch  total_s  network_s  runs")
     for r in rows:
         print(f"{r['precision']:9s}  {r['batch']:5d}  {r['median_s']:7.2f}  {r['network_median_s']:9.2f}  {r['runs_s']}")
-    result: dict = {"timing": rows, "threads": a.threads, "torch": torch.__version__}
+    result: dict = {"timing": rows, "kind": a.kind, "threads": a.threads, "torch": torch.__version__}
     if a.agreement_count:
         best_bs = min(rows, key=lambda r: r["median_s"])["batch"]
         agree = agreement(Segmenter.load(a.weights, device="cpu", bf16=False, batch_size=best_bs),
