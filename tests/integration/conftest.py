@@ -289,10 +289,13 @@ def make_ct(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[lis
     counter = iter(range(1000))
     ranges = replace(PhantomRanges.training(), size=(256, 256), pixel_spacing_mm=(0.86, 0.98), n_slices=(20, 24))
 
-    def make(kind: str = "sdh") -> tuple[list[Path], dict[str, str]]:
+    def make(kind: str = "sdh", slices: int | None = None) -> tuple[list[Path], dict[str, str]]:
+        """``slices``: a fixed slice count; inference time grows with it (tests that kill a
+        running job need it to run for seconds, however fast the machine)."""
         n = next(counter)
         out = tmp_path_factory.mktemp(f"ct{n}")
-        written = write_phantom_series(make_phantom(100 + n, kind=kind, ranges=ranges), out)
+        r = ranges if slices is None else replace(ranges, n_slices=(slices, slices))
+        written = write_phantom_series(make_phantom(100 + n, kind=kind, ranges=r), out)
         ds = pydicom.dcmread(written["dicom"][0], stop_before_pixels=True)
         return list(written["dicom"]), {"study": str(ds.StudyInstanceUID), "series": str(ds.SeriesInstanceUID)}
 

@@ -31,7 +31,7 @@ def _details(stack, job) -> list[str]:
 def test_pool_process_killed_mid_inference(stack, make_ct):
     worker = stack.start_worker("prefork")
     try:
-        files, uids = make_ct("sdh")
+        files, uids = make_ct("sdh", slices=96)
         stack.orthanc.upload(files)
         job = stack.wait_state(uids["series"], {"queued", "running"}, timeout=120)
         beat = stack.data_dir / "results" / str(job.id) / "heartbeat"
@@ -57,7 +57,7 @@ def test_pool_process_killed_mid_inference(stack, make_ct):
 def test_whole_worker_killed_node_resubmits_to_a_new_worker(stack, make_ct):
     first = stack.start_worker("prefork")
     try:
-        files, uids = make_ct("edh")
+        files, uids = make_ct("edh", slices=96)
         stack.orthanc.upload(files)
         job = stack.wait_state(uids["series"], {"running"}, timeout=120)
         time.sleep(1.0)
@@ -102,13 +102,15 @@ def test_redis_restarted_empty_with_a_job_queued(stack, make_ct):
 
 
 def test_orthanc_down_for_30_s_while_results_wait(stack, make_ct):
+    files, uids = make_ct("sdh")
+    stack.orthanc.upload(files)
+    # No worker yet, so the job waits in the queue until Orthanc is down: a fast worker could
+    # otherwise deliver the results while Orthanc is still shutting down.
+    stack.wait_state(uids["series"], {"queued"}, timeout=120)
+    stack.orthanc.stop()
+    stopped_at = time.time()
     worker = stack.start_worker("prefork")
     try:
-        files, uids = make_ct("sdh")
-        stack.orthanc.upload(files)
-        stack.wait_state(uids["series"], {"queued", "running", "done"}, timeout=120)
-        stack.orthanc.stop()
-        stopped_at = time.time()
         job = stack.wait_state(uids["series"], {"done"}, timeout=120)
         while time.time() - stopped_at < 30:
             time.sleep(0.5)
