@@ -11,7 +11,7 @@ returns (the shipped decision rule), on the source grid:
   prediction positive = ``Finding.present``.
 * ``confusion_ml``: truth class (rows) x predicted class (columns) in mL, over all cases.
 * Negative and IPH-confounder cases are reported separately (false-positive volume, calls,
-  and how many had a component removed by the EDH-must-reach-bone rule).
+  and how many had a component removed by the EDH-against-the-skull rule).
 * ``excluded_ml``: per case, the volume that rule removed (``Prediction.excluded``).
 """
 from __future__ import annotations
@@ -139,7 +139,7 @@ def evaluate(segmenter: Any, cases: Iterable[Any]) -> dict[str, Any]:
         rec = case_record(case.case_id, kind, case.labels, pred.labels,
                           {k: f.present for k, f in pred.findings.items()}, case.spacing_mm)
         rec["timing_s"] = pred.timings_s.get("total_s")
-        rec["excluded_ml"] = sum(e["volume_ml"] for e in getattr(pred, "excluded", []))
+        rec["excluded_ml"] = sum(e["volume_ml"] for e in pred.excluded)
         records.append(rec)
         logger.info("%s %s SDH dice %.3f EDH dice %.3f", case.case_id, kind, rec["SDH"]["dice_3d"],
                     rec["EDH"]["dice_3d"])

@@ -144,15 +144,22 @@ def _volumetric_group(
 
 
 def _summary_group(
-    source: str, model: ModelInfo, evaluations: list[hd.sr.QualitativeEvaluation], identifier: str
+    source: str, model: ModelInfo, evaluations: list[hd.sr.QualitativeEvaluation], identifier: str,
+    comment: str | None = None,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    """A TID 1501 group of qualitative evaluations, plus a free-text Comment when given."""
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=uids.tracking_uid(source, model.version, identifier), identifier=identifier
         ),
         algorithm_id=hd.sr.AlgorithmIdentification(name=model.name, version=model.version),
         qualitative_evaluations=evaluations,
     )
+    if comment is not None:
+        group[0].ContentSequence.append(
+            hd.sr.TextContentItem(name=codes.REASON, value=comment, relationship_type="CONTAINS")
+        )
+    return group
 
 
 def _document(
@@ -235,12 +242,7 @@ def build_sr(
     category = triage_category(findings)
     evaluations.append(hd.sr.QualitativeEvaluation(codes.TRIAGE_CATEGORY, codes.TRIAGE_VALUES[category]))
     source = uids.source_key(series_uid, [str(h.SOPInstanceUID) for h in headers])
-    groups.append(_summary_group(source, model, evaluations, "Summary"))
-    comment = excluded_comment(prediction.excluded)
-    if comment is not None:
-        groups[0][0].ContentSequence.append(
-            hd.sr.TextContentItem(name=codes.REASON, value=comment, relationship_type="CONTAINS")
-        )
+    groups.append(_summary_group(source, model, evaluations, "Summary", excluded_comment(prediction.excluded)))
     evidence = list(headers)
     if seg is not None:
         numbers = _segment_numbers(seg, series_uid)
@@ -309,11 +311,8 @@ def build_status_sr(
     group = _summary_group(
         source, model,
         [hd.sr.QualitativeEvaluation(codes.ANALYSIS_STATUS, codes.ANALYSIS_STATUS_VALUES[state])],
-        "Analysis status",
+        "Analysis status", comment=reason.strip(),
     )  # fmt: skip
-    group[0].ContentSequence.append(
-        hd.sr.TextContentItem(name=codes.REASON, value=reason.strip(), relationship_type="CONTAINS")
-    )
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(model),
         procedure_reported=codes.PROCEDURE_CT_HEAD,
