@@ -89,8 +89,9 @@ def clean_labels(labels: np.ndarray, spacing_mm: Sequence[float],
     floor = np.maximum(SPLIT_MIN_ML, SPLIT_MIN_SHARE * sizes)
     minority = votes.min(0)
     next_id = n + 1
-    boxes = ndimage.find_objects(comps)
-    for cid in np.flatnonzero((winner > 0) & (minority >= floor)):  # only mixed components can split
+    mixed = np.flatnonzero((winner > 0) & (minority >= floor))  # only these can split
+    boxes = ndimage.find_objects(comps) if mixed.size else []  # a full-volume pass: only when needed
+    for cid in mixed:
         box = boxes[cid - 1]
         other = SDH if winner[cid] == EDH else EDH
         parts, _ = ndimage.label((comps[box] == cid) & (labels[box] == other), structure=_NEIGHBOURS)
@@ -195,7 +196,7 @@ def findings_from_probabilities(probs: np.ndarray, spacing_mm: Sequence[float], 
     row_direction:
         Direction cosines (LPS) of increasing column index.
     volume_hu:
-        The source volume in HU, for the EDH-must-touch-bone rule; without it the rule cannot
+        The source volume in HU, for the EDH-against-the-skull rule; without it the rule cannot
         locate bone and is skipped.
 
     Returns
