@@ -56,7 +56,7 @@ class CtPhantomRanges:
     head_scale: Range = (0.9, 1.06)
     rotation_deg: Range = (-12.0, 12.0)
     offset_mm: Range = (-10.0, 10.0)
-    noise_hu: Range = (3.0, 7.0)
+    noise_hu: Range = (2.5, 5.5)
     blur_px: Range = (0.6, 1.0)
     partial_volume_mm: Range = (0.35, 0.8)
     skull_mm: Range = (4.5, 7.5)

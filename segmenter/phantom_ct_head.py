@@ -61,8 +61,16 @@ class Head:
     def cos_to(self, az: float, el: float) -> np.ndarray:
         """Cosine of the angle between each voxel's direction and (azimuth, elevation) in degrees."""
         a, e = np.deg2rad(az), np.deg2rad(el)
-        nh = np.sqrt(np.clip(1.0 - self.nw * self.nw, 0.0, 1.0))
-        return (nh * np.cos(self.phi - a) * np.cos(e) + self.nw * np.sin(e)).astype(np.float32)
+        out = self.nh * (np.cos(self.phi - a) * np.float32(np.cos(e)))
+        out += self.nw * np.float32(np.sin(e))
+        return out
+
+    @property
+    def nh(self) -> np.ndarray:
+        """Cosine of each voxel direction's elevation (computed once)."""
+        if getattr(self, "_nh", None) is None:
+            self._nh = np.sqrt(np.clip(1.0 - self.nw * self.nw, 0.0, 1.0))
+        return self._nh
 
 
 def build_head(rng: np.random.Generator, shape: tuple[int, int, int], ps: float, dz: float,
@@ -101,7 +109,7 @@ def build_head(rng: np.random.Generator, shape: tuple[int, int, int], ps: float,
     temporal = np.clip(1.0 - np.abs(Z / C + 0.1) / 0.4, 0.0, 1.0)
     scalp = rng.uniform(3.5, 6.0) * (1.0 + harmonics(rng, phi, (1, 2, 3), 0.15)) + 5.0 * lateral * temporal
     # Skull: thicker towards the base, in the frontal and occipital bone; thin temporal squama.
-    skull = skull_mm * (1.0 + 0.9 * base) * (1.0 + harmonics(rng, phi, (2, 3, 4), 0.12)
+    skull = skull_mm * (1.0 + 0.5 * base) * (1.0 + harmonics(rng, phi, (2, 3, 4), 0.12)
                                             + 0.2 * np.abs(np.sin(phi)) - 0.25 * lateral * temporal)
     sutures = {"coronal": (-0.12 * B * rng.uniform(0.7, 1.3), rng.uniform(0.1, 0.25), rng.uniform(0, 6.3)),
                "lambdoid": (0.62 * B * rng.uniform(0.9, 1.1), rng.uniform(0.3, 0.45), rng.uniform(0, 6.3)),

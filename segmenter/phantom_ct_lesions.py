@@ -98,6 +98,7 @@ def swell_scalp(head: Head, plans: list[dict]) -> tuple[np.ndarray, np.ndarray]:
         h = p["peak_mm"] * lens_profile(np.hypot(da, de) / np.deg2rad(a), 0.7)
         d = head.depth[idx] + h
         head.depth[idx] = d
+        head.scalp[idx] += h  # skull and brain stay where they were
         inside = (d >= 0) & (d < h) & (h > 0.5)
         flats.append(np.ravel_multi_index(tuple(i[inside] for i in idx), head.depth.shape))
         vals.append(np.full(int(inside.sum()), p["hu"], np.float32))

@@ -47,7 +47,7 @@ def paint_brain(rng: np.random.Generator, head: Head, bd: np.ndarray, atrophy: f
     # directions, so they run inward from the surface; grey matter lines them.
     ribbon = rng.uniform(2.5, 4.0)
     sulcal_depth = rng.uniform(8.0, 14.0)
-    width = rng.uniform(0.5, 0.9) + 1.2 * atrophy
+    width = rng.uniform(0.35, 0.6) + 1.0 * atrophy
     shell = np.nonzero((bd > -1.0) & (bd < sulcal_depth + ribbon))
     nw = head.nw[shell]
     ph = head.phi[0][shell[1], shell[2]]
@@ -63,7 +63,7 @@ def paint_brain(rng: np.random.Generator, head: Head, bd: np.ndarray, atrophy: f
     vals = hu[shell]
     vals[b < ribbon] = gm
     vals[(dist < width + ribbon) & (b < sulcal_depth + ribbon)] = gm
-    sulcus = (dist < width * (1.3 - b / sulcal_depth)) & (b >= 0)
+    sulcus = (dist < width * (1.1 - 0.6 * b / sulcal_depth)) & (b >= 0)
     vals[sulcus] = rng.uniform(*CSF_HU)
     rim = rng.uniform(0.8, 3.5) * atrophy * (1.0 + harmonics(rng, ph, (2, 3), 0.4))
     vals[(b >= 0) & (b < rim)] = rng.uniform(*CSF_HU)
@@ -121,9 +121,9 @@ def paint_skull_and_scalp(rng: np.random.Generator, head: Head, hu: np.ndarray, 
     """Partial-volume band, skull tables, diploe, sutures and scalp; returns the bone mask."""
     # Brain -> bone gradient: a blurred bright band just inside the inner table, wider where
     # the slice cuts the skull obliquely (high slices).
-    oblique = 1.0 / np.clip(np.sqrt(1.0 - head.nw * head.nw), 0.35, 1.0)
-    near = np.nonzero((b >= 0) & (b < 4.0 * pv_mm * oblique))
-    w = np.exp(-b[near] / (pv_mm * oblique[near]))
+    near = np.nonzero((b >= 0) & (b < 10.0 * pv_mm))
+    oblique = 1.0 / np.clip(head.nh[near], 0.35, 1.0)
+    w = np.exp(-b[near] / (pv_mm * oblique))
     hu[near] += (rng.uniform(180.0, 320.0) - hu[near]) * w
     d, scalp, skull = head.depth, head.scalp, head.skull
     bone = (b < 0) & (d >= scalp)
@@ -174,7 +174,7 @@ def paint_skull_base(rng: np.random.Generator, head: Head, hu: np.ndarray, b: np
         inside, sl = b[k] > 0, hu[k]
         pet_k = (d_pet < 1.5 + 4.0 * beta) & inside
         wing_k = (d_wing < 1.0 + 2.0 * beta) & inside & (beta > 0.3)
-        sphen = (np.abs(X) < 8 + 18 * beta) & (Y < -0.1 * B) & (Y > -0.5 * B) & inside & (beta > 0.45)
+        sphen = (np.abs(X) < 5 + 12 * beta) & (Y < -0.15 * B) & (Y > -0.45 * B) & inside & (beta > 0.45)
         sl[sphen] = rng.uniform(400, 900)
         sinus = ((X / (0.14 * A)) ** 2 + ((Y + 0.3 * B) / (0.12 * B)) ** 2 < 1.0) & sphen
         sl[sinus] = -950.0
@@ -194,7 +194,7 @@ def head_holder(rng: np.random.Generator, ny: int, nx: int, ps: float, head_cent
     yy = (np.arange(ny, dtype=np.float32)[:, None] - (ny - 1) / 2) * ps
     xx = (np.arange(nx, dtype=np.float32)[None, :] - (nx - 1) / 2) * ps
     bg = np.full((ny, nx), -1000.0, np.float32)
-    radius = rng.uniform(95.0, 120.0)
+    radius = rng.uniform(80.0, 95.0)
     cy = head_center[0] + back_mm + rng.uniform(4.0, 14.0) - radius
     r = np.hypot(xx - head_center[1], yy - cy)
     lower = yy > cy
