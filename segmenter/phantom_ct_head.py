@@ -109,7 +109,7 @@ def build_head(rng: np.random.Generator, shape: tuple[int, int, int], ps: float,
     temporal = np.clip(1.0 - np.abs(Z / C + 0.1) / 0.4, 0.0, 1.0)
     scalp = rng.uniform(3.5, 6.0) * (1.0 + harmonics(rng, phi, (1, 2, 3), 0.15)) + 5.0 * lateral * temporal
     # Skull: thicker towards the base, in the frontal and occipital bone; thin temporal squama.
-    skull = skull_mm * (1.0 + 0.5 * base) * (1.0 + harmonics(rng, phi, (2, 3, 4), 0.12)
+    skull = skull_mm * (1.0 + 0.35 * base) * (1.0 + harmonics(rng, phi, (2, 3, 4), 0.12)
                                             + 0.2 * np.abs(np.sin(phi)) - 0.25 * lateral * temporal)
     sutures = {"coronal": (-0.12 * B * rng.uniform(0.7, 1.3), rng.uniform(0.1, 0.25), rng.uniform(0, 6.3)),
                "lambdoid": (0.62 * B * rng.uniform(0.9, 1.1), rng.uniform(0.3, 0.45), rng.uniform(0, 6.3)),

@@ -83,7 +83,7 @@ def paint_brain(rng: np.random.Generator, head: Head, bd: np.ndarray, atrophy: f
                 sl[((x - s * 0.26 * A) / (0.13 * A)) ** 2 + ((y - 0.0 * B) / (0.2 * B)) ** 2 < 1.0] = gm - 3.0
         if -0.2 < z < 0.38:  # lateral ventricles: bodies near the midline, atria diverging
             h = np.sqrt(max(0.0, 1.0 - ((z - 0.09) / 0.29) ** 2))
-            ax = (0.07 * A * vent_scale) * (0.4 + h)
+            ax = (0.045 * A * vent_scale) * (0.5 + h)
             vent = np.zeros(x.shape, bool)
             for s in (-1, 1):
                 xc = s * (ax + 1.5 + 0.18 * np.clip(y - 0.05 * B, 0, None))
@@ -100,7 +100,7 @@ def paint_brain(rng: np.random.Generator, head: Head, bd: np.ndarray, atrophy: f
     # Interhemispheric fissure and falx above the tentorium; the falx is a bright line.
     tent = head.tentorium_height(X, Y)
     upper = (Z > tent) & (bd > 0)
-    fiss = (np.abs(X) < 1.0 + 1.5 * atrophy) & ((np.abs(Y) > 0.3 * B) | (Z > 0.3 * C))
+    fiss = (np.abs(X) < 0.6 + 1.5 * atrophy) & ((np.abs(Y) > 0.3 * B) | (Z > 0.3 * C))
     hu[upper & fiss] = vent_hu
     falx_m = upper & (np.abs(X) < rng.uniform(0.35, 0.6)) & ((np.abs(Y) > 0.2 * B) | (Z > 0.15 * C))
     falx = np.flatnonzero(falx_m)
@@ -142,7 +142,8 @@ def paint_skull_and_scalp(rng: np.random.Generator, head: Head, hu: np.ndarray, 
     # Scalp: skin, subcutaneous fat, galea and temporalis muscle.
     sc = np.nonzero((d >= 0) & (d < scalp))
     ds = d[sc]
-    fat_end = 1.0 + rng.uniform(0.3, 0.55) * np.minimum(scalp[sc], 6.0)
+    patchy = 1.0 + harmonics(rng, head.phi[0][sc[1], sc[2]], (3, 5, 7), 0.8)  # fat thins out in places
+    fat_end = 1.0 + rng.uniform(0.15, 0.4) * np.minimum(scalp[sc], 6.0) * np.clip(patchy, 0.0, None)
     vals = np.full(ds.shape, rng.uniform(35.0, 50.0), np.float32)
     vals[(ds > 1.0) & (ds < fat_end)] = rng.uniform(*FAT_HU)
     hu[sc] = vals
@@ -172,9 +173,9 @@ def paint_skull_base(rng: np.random.Generator, head: Head, hu: np.ndarray, b: np
     for k in np.flatnonzero(head.base[:, 0, 0] > 0.05):
         beta = float(head.base[k, 0, 0])
         inside, sl = b[k] > 0, hu[k]
-        pet_k = (d_pet < 1.5 + 4.0 * beta) & inside
+        pet_k = (d_pet < 1.0 + 2.5 * beta) & inside
         wing_k = (d_wing < 1.0 + 2.0 * beta) & inside & (beta > 0.3)
-        sphen = (np.abs(X) < 5 + 12 * beta) & (Y < -0.15 * B) & (Y > -0.45 * B) & inside & (beta > 0.45)
+        sphen = ((X / (5 + 12 * beta)) ** 2 + ((Y + 0.3 * B) / (0.16 * B)) ** 2 < 1.0) & inside & (beta > 0.45)
         sl[sphen] = rng.uniform(400, 900)
         sinus = ((X / (0.14 * A)) ** 2 + ((Y + 0.3 * B) / (0.12 * B)) ** 2 < 1.0) & sphen
         sl[sinus] = -950.0
