@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 APT_PACKAGES := dcmtk orthanc redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test system-deps bench clean
+.PHONY: install run test system-deps bench eval-real clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,11 @@ bench: install system-deps
 	$(BIN)/python bench/receive.py
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/e2e.py --json bench/results/e2e.json
+
+# Real-CT figures of the shipped weights (folder layout of REALDATA described in docs/model-card.md).
+REALDATA ?= ../shared/realdata
+eval-real: install
+	$(BIN)/python -m segmenter evaluate --dataset none --real-root $(REALDATA) --threads 2 --out bench/results/eval_real.json
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -34,6 +34,9 @@ class Case:
         Optional bool array, shape (z,): ``True`` where a slice may be used for training.
         ``None`` means every slice is usable.  Slices whose labels are ambiguous (e.g. a
         slice flagged both SDH and EDH in CT-ICH) are ``False``.
+    kind:
+        What a phantom was drawn as (``"sdh"``, ``"iph"``...), for per-kind evaluation; None
+        for real data.
     """
 
     case_id: str
@@ -42,6 +45,7 @@ class Case:
     labels: np.ndarray
     spacing_mm: tuple[float, float, float]
     slice_mask: np.ndarray | None = None
+    kind: str | None = None
 
     def __post_init__(self) -> None:
         if self.hu.ndim != 3:

@@ -156,6 +156,20 @@ def held_out_phantoms(count: int, seed: int, workers: int = 1, version: int | No
     return iter_phantoms(range(count), seed, ranges, kinds=list(kinds or KINDS), workers=workers)
 
 
+def _volumes(a: Any, kinds: Sequence[str] | None) -> Iterable[Any]:
+    if a.dataset == "synthetic":
+        return held_out_phantoms(a.count, a.seed, a.workers, a.phantoms, kinds)
+    if a.dataset == "ct-phantoms":
+        from .phantom_ct import CtPhantomRanges, iter_ct_phantoms
+        from .synthetic import KINDS
+
+        return iter_ct_phantoms(range(a.count), a.seed, CtPhantomRanges.evaluation(), kinds=list(kinds or KINDS),
+                                workers=a.workers)
+    from . import realdata
+
+    return realdata.load_ctich(a.data_root)[0] if a.dataset == "ctich" else realdata.load_dicom_nifti(a.data_root)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m segmenter evaluate --weights W --seed S --count N [--out report.json]``."""
     import argparse
@@ -165,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m segmenter evaluate")
     p.add_argument("--weights", help="checkpoint (default: shipped weights)")
-    p.add_argument("--dataset", choices=["synthetic", "ctich", "dicom-nifti"], default="synthetic")
+    p.add_argument("--dataset", choices=["synthetic", "ct-phantoms", "ctich", "dicom-nifti", "none"],
+                   default="synthetic", help="volumes with voxel truth (none: only --real-root)")
     p.add_argument("--data-root")
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--count", type=int, default=50)
@@ -175,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--phantoms", type=int, choices=PHANTOM_VERSIONS, default=PHANTOM_VERSION,
                    help="synthetic generator version")
     p.add_argument("--kinds", help="synthetic kinds to cycle through, e.g. iph (default: all)")
+    p.add_argument("--real-root", help="folder holding ich-boxes/, sich-negatives/, ge-head-tilt/ (real CT)")
+    p.add_argument("--real-split", default="test", help="ich-boxes split to report (valid for selection)")
     p.add_argument("--out", help="report JSON path")
     a = p.parse_args(argv)
     kinds = [k.strip() for k in a.kinds.split(",")] if a.kinds else None
@@ -182,17 +199,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--kinds must be among {sorted(KINDS)}; got {a.kinds!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     seg = Segmenter.load(a.weights, threads=a.threads, bf16={"auto": None, "on": True, "off": False}[a.bf16])
-    if a.dataset == "synthetic":
-        cases: Iterable[Any] = held_out_phantoms(a.count, a.seed, a.workers, a.phantoms, kinds)
-    else:
-        from . import realdata
+    report: dict[str, Any] = {}
+    if a.dataset != "none":
+        report = evaluate(seg, _volumes(a, kinds))
+        ranges = {"synthetic": f"PhantomRanges.evaluation({a.phantoms})",
+                  "ct-phantoms": "CtPhantomRanges.evaluation()"}.get(a.dataset, a.data_root)
+        report["setup"] = {"dataset": a.dataset, "seed": a.seed, "count": report["summary"]["cases"],
+                           "weights": a.weights or "shipped", "bf16": seg.bf16, "model": seg.info.to_dict(),
+                           "ranges": ranges}
+        print(format_table(report["summary"]))
+    if a.real_root:
+        from .realeval import evaluate_real, format_real_table
 
-        cases = realdata.load_ctich(a.data_root)[0] if a.dataset == "ctich" else realdata.load_dicom_nifti(a.data_root)
-    report = evaluate(seg, cases)
-    report["setup"] = {"dataset": a.dataset, "seed": a.seed, "count": report["summary"]["cases"], "weights": a.weights or "shipped",
-                       "bf16": seg.bf16, "model": seg.info.to_dict(),
-                       "ranges": f"PhantomRanges.evaluation({a.phantoms})" if a.dataset == "synthetic" else a.data_root}
-    print(format_table(report["summary"]))
+        report["real"] = evaluate_real(seg, a.real_root, a.real_split)
+        report["real"]["model"] = seg.info.to_dict()
+        print(format_real_table(report["real"]))
     if a.out:
         with open(a.out, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2, default=float)

@@ -110,7 +110,7 @@ class CtPhantom:
     meta: dict[str, Any]
 
     def as_case(self) -> Case:
-        return Case(self.case_id, self.case_id, self.hu, self.labels, self.spacing_mm)
+        return Case(self.case_id, self.case_id, self.hu, self.labels, self.spacing_mm, kind=self.kind)
 
 
 def _fracture(rng: np.random.Generator, head: Any, hu: np.ndarray, bone: np.ndarray, plan: dict) -> None:

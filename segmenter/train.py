@@ -6,6 +6,7 @@ as the uninterrupted run would have (same thread count assumed).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -21,7 +22,10 @@ from tqdm import tqdm
 
 from .csr_unet import CSRUNet, CSRUNetConfig
 from .data import SamplerConfig, SliceBank, build_bank, patient_split, sample_batch
+from .mixsampler import MixConfig, sample_mixed_batch
+from .pseudomask import IGNORE
 from .preprocess import to_channels
+from .trainsources import load_init, real_banks, selection_score, validate_real
 from .synthetic import PHANTOM_VERSION, PHANTOM_VERSIONS, parse_kind_weights
 
 logger = logging.getLogger(__name__)
@@ -51,6 +55,10 @@ class TrainConfig:
     phantoms: int = PHANTOM_VERSION  # synthetic generator version (segmenter.synthetic.PHANTOM_VERSIONS)
     model: CSRUNetConfig = field(default_factory=CSRUNetConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    real_root: str | None = None  # an ich-boxes folder: train/ is trained on, valid/ selects
+    backgrounds: tuple[str, ...] = ()  # DICOM folders of bleed-free real slices for lesion insertion
+    ct_phantoms: int = 0  # phantoms of segmenter.phantom_ct added to the phantom bank
+    mix: MixConfig = field(default_factory=MixConfig)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -72,9 +80,20 @@ def training_data(cfg: TrainConfig) -> tuple[Iterable[Any], list[Any]]:
         val_idx = range(cfg.count - min(n_val, cfg.val_cases), cfg.count)
         ranges = PhantomRanges.training(cfg.phantoms)
         # Validation kinds are cycled so every kind (EDH included) is validated.
-        return (iter_phantoms(range(cfg.count - n_val), cfg.seed, ranges, workers=cfg.workers,
-                              kind_weights=cfg.kind_weights),
-                list(iter_phantoms(val_idx, cfg.seed, ranges, kinds=list(KINDS))))
+        train_cases: Iterable[Any] = iter_phantoms(range(cfg.count - n_val), cfg.seed, ranges, workers=cfg.workers,
+                                                   kind_weights=cfg.kind_weights)
+        val_cases = list(iter_phantoms(val_idx, cfg.seed, ranges, kinds=list(KINDS)))
+        if cfg.ct_phantoms:
+            from .phantom_ct import CtPhantomRanges, iter_ct_phantoms
+
+            ct_val = min(len(KINDS), max(1, cfg.ct_phantoms // 10))
+            ct_ranges = CtPhantomRanges.training()
+            train_cases = itertools.chain(train_cases, iter_ct_phantoms(
+                range(cfg.ct_phantoms - ct_val), cfg.seed, ct_ranges, kind_weights=cfg.kind_weights,
+                workers=cfg.workers))
+            val_cases += list(iter_ct_phantoms(range(cfg.ct_phantoms - ct_val, cfg.ct_phantoms), cfg.seed,
+                                               ct_ranges, kinds=list(KINDS)))
+        return train_cases, val_cases
     if cfg.data_root is None:
         raise ValueError(f"--data-root must be given for dataset {cfg.dataset!r}")
     from . import realdata
@@ -91,10 +110,14 @@ def training_data(cfg: TrainConfig) -> tuple[Iterable[Any], list[Any]]:
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
-    """Cross-entropy plus soft Dice over the batch on the bleed classes (labels 1..C-1)."""
-    ce = F.cross_entropy(logits, target)
-    probs = logits.float().softmax(1)[:, 1:]
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
+    """Cross-entropy plus soft Dice over the batch on the bleed classes (labels 1..C-1).
+
+    Pixels labelled ``IGNORE`` (inside a box, outside its pseudo-mask) count in neither term.
+    """
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    known = (target != IGNORE).unsqueeze(1).float()
+    probs = logits.float().softmax(1)[:, 1:] * known
+    onehot = F.one_hot(target.masked_fill(target == IGNORE, 0), logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
     inter = (probs * onehot).sum((0, 2, 3))
     denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
     dice = (2 * inter + 1.0) / (denom + 1.0)
@@ -158,9 +181,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     torch.manual_seed(cfg.seed)
     model = CSRUNet.from_config(cfg.model).to(device)
     if cfg.init_from:  # fine-tuning: start from another run's weights, fresh optimizer
-        init = torch.load(cfg.init_from, map_location=device, weights_only=True)
-        model.load_state_dict(init["model"])
-        logger.info("initialised from %s (epoch %s)", cfg.init_from, init.get("epoch"))
+        load_init(model, cfg.init_from, cfg.model, device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history: list[dict[str, Any]] = []
     start, best = 0, -1.0
@@ -188,6 +209,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             torch.save({"train": bank, "val": val_bank}, cache)
     logger.info("data ready in %.0f s: %d train slices (%d with bleed, %d hard-negative pixels)",
                 time.time() - t0, len(bank.hu), int(bank.positive.sum()), len(bank.hard))
+    real_train, real_val, backgrounds = real_banks(cfg.real_root, cfg.backgrounds, cfg.model.input_size)
+    mixed = real_train is not None or backgrounds is not None
+    if mixed and cfg.model.context_slices:
+        raise ValueError(f"context_slices must be 0 when training on real 2-D slices; got {cfg.model.context_slices}")
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     total = cfg.epochs * cfg.iters_per_epoch
@@ -203,7 +228,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * step / total))
             for group in opt.param_groups:
                 group["lr"] = lr
-            x, y = sample_batch(bank, cfg.batch, rng, cfg.model.windows, cfg.model.context_slices, cfg.sampler)
+            if mixed:
+                x, y = sample_mixed_batch(bank, real_train, backgrounds, cfg.batch, rng, cfg.model.windows,
+                                          cfg.sampler, cfg.mix)
+            else:
+                x, y = sample_batch(bank, cfg.batch, rng, cfg.model.windows, cfg.model.context_slices, cfg.sampler)
             x, y = x.to(device), y.to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 loss = segmentation_loss(model(x), y, cfg.dice_weight)
@@ -217,8 +246,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
                                    "elapsed_s": round(time.time() - t0, 1)}
         if val_bank is not None:
             metrics.update(validate(model, val_bank, cfg.model, device))
-        score = float(np.nanmean([metrics.get("val_dice_sdh", np.nan), metrics.get("val_dice_edh", np.nan)])) \
-            if val_bank is not None else -metrics["loss"]
+        if real_val is not None:
+            metrics.update(validate_real(model, real_val, cfg.model, device))
+        score = selection_score(metrics) if val_bank is not None or real_val is not None else -metrics["loss"]
         history.append(metrics)
         logger.info("epoch %d: %s", epoch, json.dumps(metrics))
         state = {"model": model.state_dict(), "config": cfg.model.to_dict(), "train_args": cfg.to_dict(),
@@ -230,6 +260,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         (out / "metrics.json").write_text(json.dumps({"config": cfg.to_dict(), "history": history,
                                                       "best_score": best}, indent=2) + "\n")
     return {"history": history, "best_score": best}
+
+
+def _parse_mix(text: str) -> MixConfig:
+    parts = [float(v) for v in text.split(",")]
+    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+        raise SystemExit(f"--mix must be three non-negative shares (phantoms,real,inserted); got {text!r}")
+    return MixConfig(*parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -257,6 +294,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--windows", default="brain,subdural")
     p.add_argument("--context-slices", type=int, default=0)
     p.add_argument("--skip-attention", action="store_true")
+    p.add_argument("--real-root", help="an ich-boxes folder: its train/ split is trained on (pseudo-masks from "
+                   "boxes) and valid/ selects the checkpoint")
+    p.add_argument("--backgrounds", action="append", default=[],
+                   help="DICOM folder of bleed-free real slices to draw lesions into (repeatable)")
+    p.add_argument("--ct-phantoms", type=int, default=0, help="phantoms of segmenter.phantom_ct to add")
+    p.add_argument("--mix", default="0.35,0.35,0.30",
+                   help="batch shares of phantoms, real boxed slices, real backgrounds with drawn lesions")
     p.add_argument("--val-cases", type=int, default=10)
     p.add_argument("--workers", type=int, default=1, help="processes generating phantoms")
     p.add_argument("--threads", type=int)
@@ -275,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       iters_per_epoch=a.iters, batch=a.batch, lr=a.lr, val_cases=a.val_cases,
                       workers=a.workers, threads=a.threads, device=a.device, init_from=a.init, model=model,
                       kind_weights=parse_kind_weights(a.kind_weights) if a.kind_weights else None, phantoms=a.phantoms,
-                      sampler=SamplerConfig(crop=a.crop))
+                      sampler=SamplerConfig(crop=a.crop), real_root=a.real_root, backgrounds=tuple(a.backgrounds),
+                      ct_phantoms=a.ct_phantoms, mix=_parse_mix(a.mix))
     logger.info("command: python -m segmenter train %s", " ".join(argv if argv is not None else sys.argv[1:]))
     result = train(cfg, out, resume=a.resume, stop_after=a.stop_after)
     logger.info("done: best score %.4f", result["best_score"])
