@@ -83,6 +83,8 @@ class SeriesConfig(_Strict):
     quiet_seconds: float = Field(default=5, gt=0)
     min_slices: int = Field(default=10, ge=1)
     max_axial_angle_deg: float = Field(default=30, ge=0, le=90)
+    #: Slice positions along the normal closer than this are duplicates. Gantry tilt and uneven
+    #: spacing are analysed; duplicates and gaps are refused (segmenter.spacing).
     spacing_tolerance_mm: float = Field(default=0.1, gt=0)
     #: A series only counts as included when it matches every non-empty include list.
     include: TextRules = TextRules()

@@ -10,12 +10,18 @@ Policy (why these rules)
 - Only single-frame **CT Image Storage** is analysed. Enhanced and Legacy Converted Enhanced CT
   (multi-frame) are refused with a reason: the segmenter's reader builds volumes from
   single-frame slices, and a multi-frame object would need per-frame functional groups.
-- **Gantry tilt** is judged from the positions (slices stacked off their normal), not from
-  GantryDetectorTilt: head CTs are routinely acquired tilted and reconstructed on a tilted plane
-  with positions stacked along its normal, which is a regular volume. A stack that is sheared
-  is refused because the model assumes a regular voxel grid.
-- **Contiguity** is checked here too, not only for completion: a series completed by the quiet
-  timer with a gap would otherwise fail later in the worker, with a less useful reason.
+- **Gantry tilt and uneven spacing are analysed.** Head CTs are routinely acquired with the
+  gantry tilted 10-20 degrees (slices stacked at an angle to their normal) and with two slice
+  spacings in one series. The model works slice by slice in the acquired planes and the
+  volumes use each slice's true position (``segmenter.geometry``), so neither is refused. Only
+  a stack sheared beyond any gantry's range (``segmenter.geometry.MAX_TILT_DEG``) is refused:
+  it is a reformat or carries wrong positions. GantryDetectorTilt is not read; the positions say
+  how the slices lie.
+- **Contiguity** (no duplicate positions, no gaps: ``segmenter.spacing``) is checked here too,
+  not only for completion: a series completed by the quiet timer with a gap would otherwise
+  fail later in the worker, with a less useful reason. A gap is a step more than 1.5 times the
+  neighbouring steps (a missing slice) or the slices' SliceThickness (tissue never imaged):
+  across it a volume would be guessed, not measured.
 - **Unreadable instances** make the whole series *not analysed*: analysing the rest would
   silently skip slices.
 - What gets a status SR: a series of CT images (:attr:`SeriesKind.CT_IMAGE`) that fails a check
@@ -188,6 +194,10 @@ def matrix_problem(headers: Sequence[HeaderSummary]) -> str | None:
     return None
 
 
+def _thicknesses(headers: Sequence[HeaderSummary]) -> list[float | None]:
+    return [h.slice_thickness_mm for h in headers]
+
+
 def _stack(headers: Sequence[HeaderSummary]) -> tuple[np.ndarray, np.ndarray] | str:
     """Slice positions and the mean orientation, or the reason the orientations are unusable."""
     if any(h.iop is None or h.ipp is None for h in headers):
@@ -198,19 +208,20 @@ def _stack(headers: Sequence[HeaderSummary]) -> tuple[np.ndarray, np.ndarray] | 
 
 
 def contiguity(headers: Sequence[HeaderSummary], tolerance_mm: float) -> str | None:
-    """Reason when the slices are not one evenly spaced stack without gaps, else None.
+    """Reason when the slices are not one stack without duplicates or gaps, else None.
 
-    Used by the assembler to decide completion before the quiet timer runs out.
+    Uneven spacing is contiguous. Used by the assembler to decide completion before the quiet
+    timer runs out.
     """
     stack = _stack(headers)
     if isinstance(stack, str):
         return stack
     positions, iop = stack
-    return geometry.contiguity_problem(positions, iop, tolerance_mm)
+    return geometry.contiguity_problem(positions, iop, tolerance_mm, _thicknesses(headers))
 
 
 def geometry_problem(headers: Sequence[HeaderSummary], cfg: SeriesConfig) -> str | None:
-    """Orientation consistent, axial-ish, no tilt (sheared stack), contiguous."""
+    """Orientation consistent, axial-ish, sheared no further than a gantry tilts, contiguous."""
     stack = _stack(headers)
     if isinstance(stack, str):
         return stack
@@ -218,7 +229,7 @@ def geometry_problem(headers: Sequence[HeaderSummary], cfg: SeriesConfig) -> str
     if not geometry.is_axialish(iop, cfg.max_axial_angle_deg):
         return geometry.axial_problem(iop, cfg.max_axial_angle_deg)
     return (geometry.tilt_problem(positions, iop)
-            or geometry.contiguity_problem(positions, iop, cfg.spacing_tolerance_mm))
+            or geometry.contiguity_problem(positions, iop, cfg.spacing_tolerance_mm, _thicknesses(headers)))
 
 
 def evaluate(headers: Sequence[HeaderSummary], cfg: SeriesConfig) -> Verdict:

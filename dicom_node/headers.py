@@ -51,6 +51,7 @@ class HeaderSummary:
     has_pixel_data: bool = False
     frames: int = 1
     gantry_tilt_deg: float | None = None
+    slice_thickness_mm: float | None = None
     image_type: tuple[str, ...] | None = None
     series_description: str = ""
     study_description: str = ""
@@ -122,6 +123,7 @@ def summarise(ds: Dataset, sop_uid: str, pixel_length: int | None) -> HeaderSumm
         image_type = tuple(str(v).upper() for v in (raw_type if isinstance(raw_type, MultiValue) else [raw_type]))
     spacing = _floats(ds, "PixelSpacing", 2)
     ipp = _floats(ds, "ImagePositionPatient", 3)
+    thickness = _floats(ds, "SliceThickness", 1)
     return HeaderSummary(
         sop_uid=sop_uid,
         sop_class_uid=str(ds.get("SOPClassUID", "")) or None,
@@ -134,6 +136,7 @@ def summarise(ds: Dataset, sop_uid: str, pixel_length: int | None) -> HeaderSumm
         has_pixel_data=pixel_length is not None and pixel_length != 0,
         frames=_int(ds, "NumberOfFrames") or 1,
         gantry_tilt_deg=tilt_deg,
+        slice_thickness_mm=thickness[0] if thickness and thickness[0] > 0 else None,
         image_type=image_type,
         series_description=_text(ds, "SeriesDescription"),
         study_description=_text(ds, "StudyDescription"),

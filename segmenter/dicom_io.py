@@ -62,7 +62,8 @@ class CTSeries:
         float32, shape (z, y, x); slice ``k`` comes from ``datasets[k]``.
     spacing_mm:
         ``(dz, dy, dx)``; ``dz`` is the median distance between slice positions along the
-        normal, ``(dy, dx)`` is PixelSpacing.
+        normal, ``(dy, dx)`` is PixelSpacing.  For volumes use ``slab_mm``: a series may have
+        two spacings.
     datasets:
         Source datasets sorted by position along the slice normal (feet to head for the
         usual axial orientation), never by InstanceNumber or file name.  Pixel data stays
@@ -76,6 +77,13 @@ class CTSeries:
         First three values of ``orientation``.
     positions:
         ImagePositionPatient per slice, shape (z, 3), sorted like ``datasets``.
+    slab_mm:
+        Per slice, the width along the normal of the slab it stands for (half-way to each
+        neighbour, see ``segmenter.spacing``), shape (z,); every value equals ``dz`` when the
+        series is evenly spaced.  ``None`` means evenly spaced at ``dz``.
+    tilt_deg:
+        Angle between the stacking direction and the slice normal (gantry tilt), in degrees;
+        the slices are analysed as acquired whatever it is.
     skipped_files:
         Number of non-DICOM files ignored by :func:`read_series`.
     """
@@ -89,6 +97,8 @@ class CTSeries:
     orientation: tuple[float, ...]
     row_direction: tuple[float, float, float]
     positions: np.ndarray
+    slab_mm: np.ndarray | None = None
+    tilt_deg: float = 0.0
     skipped_files: int = 0
 
 
@@ -108,6 +118,15 @@ def _first_difference(datasets: Sequence[pydicom.Dataset], keyword: str) -> str 
         shown = sorted(str(list(v)) if v is not None else "missing" for v in values)
         return f"mixed {keyword} within the series: {', '.join(shown)}"
     return None
+
+
+def _thickness(ds: pydicom.Dataset) -> float | None:
+    """SliceThickness in mm, or None when missing or malformed (it is type 2)."""
+    try:
+        value = float(ds.get("SliceThickness"))
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None
 
 
 def _check_header(ds: pydicom.Dataset, where: str) -> None:
@@ -181,7 +200,8 @@ def datasets_to_series(
     ------
     SeriesError
         When the datasets are empty, from several series, not CT, lack pixel data, differ in
-        size or pixel spacing, or do not form an evenly spaced untilted stack.
+        size, pixel spacing or orientation, or repeat a position or leave a gap along the
+        normal (see ``segmenter.spacing``).  Gantry tilt and uneven spacing are accepted.
     """
     datasets = list(datasets)
     if not datasets:
@@ -201,7 +221,7 @@ def datasets_to_series(
     iops = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in datasets])
     reason = geometry.geometry_problem(
         positions, iops, tolerance_mm=tolerance_mm, max_tilt_deg=max_tilt_deg,
-        max_axial_angle_deg=max_axial_angle_deg,
+        max_axial_angle_deg=max_axial_angle_deg, thicknesses=[_thickness(ds) for ds in datasets],
     )
     if reason:
         raise SeriesError(reason)
@@ -221,8 +241,11 @@ def datasets_to_series(
         orientation=tuple(float(v) for v in iop),
         row_direction=(float(iop[0]), float(iop[1]), float(iop[2])),
         positions=positions[order],
+        slab_mm=geometry.slice_slabs_mm(positions[order], iop, tolerance_mm),
+        tilt_deg=geometry.tilt_angle_deg(positions, iop),
     )
-    logger.debug("assembled series of %d slices, spacing %s mm", len(datasets), series.spacing_mm)
+    logger.debug("assembled series of %d slices, spacing %s mm, tilt %.1f degrees", len(datasets),
+                 series.spacing_mm, series.tilt_deg)
     return series
 
 

@@ -1,8 +1,8 @@
 """Writes a HU volume as a realistic, dciodvfy-clean CT Image Storage series.
 
-Used by the phantom generator, by every test that needs CT files, and for negative tests of
-the readers (gantry tilt, gaps, missing attributes, compressed transfer syntaxes).  Import it
-through ``segmenter.dicom_io``.
+Used by the phantom generator, by every test that needs CT files, and for tests of the readers
+(gantry tilt, two slice spacings, gaps, missing attributes, compressed transfer syntaxes).
+Import it through ``segmenter.dicom_io``.
 """
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def write_ct_series(
     orientation: Sequence[float] = (1, 0, 0, 0, 1, 0),
     slice_offsets_mm: Sequence[float] | None = None,
     gantry_tilt_deg: float = 0.0,
-    slice_thickness_mm: float | None = None,
+    slice_thickness_mm: float | Sequence[float] | None = None,
     pixel_padding_value: int | None = None,
     padding_mask: np.ndarray | None = None,
     instance_number_order: Literal["shuffled", "ascending"] = "shuffled",
@@ -163,6 +163,9 @@ def write_ct_series(
     gantry_tilt_deg:
         Shift each slice along the column direction by ``offset * tan(tilt)`` and record
         GantryDetectorTilt, as a tilted acquisition reconstructed without correction looks.
+    slice_thickness_mm:
+        SliceThickness, one value for all slices or one per slice (a series with two
+        reconstructed thicknesses); defaults to ``dz``.
     pixel_padding_value, padding_mask:
         When given, voxels where ``padding_mask`` is true store ``pixel_padding_value`` and
         PixelPaddingValue is written.
@@ -208,6 +211,11 @@ def write_ct_series(
     offsets = np.asarray(np.arange(n_slices) * dz if slice_offsets_mm is None else slice_offsets_mm, float)
     if offsets.shape != (n_slices,):
         raise ValueError(f"slice_offsets_mm must have {n_slices} values; got {offsets.shape}")
+    thickness = np.asarray(dz if slice_thickness_mm is None else slice_thickness_mm, float)
+    if thickness.ndim == 0:
+        thickness = np.full(n_slices, float(thickness))
+    if thickness.shape != (n_slices,):
+        raise ValueError(f"slice_thickness_mm must be one value or {n_slices} values; got {thickness.shape}")
     if origin is None:
         origin = -(cols - 1) / 2 * dx * row_dir - (rows - 1) / 2 * dy * col_dir
     shift = np.tan(np.radians(gantry_tilt_deg)) * offsets
@@ -236,7 +244,7 @@ def write_ct_series(
         ds.ImagePositionPatient = [_ds(v) for v in positions[k]]
         ds.ImageOrientationPatient = [_ds(v) for v in iop]
         ds.PixelSpacing = [_ds(dy), _ds(dx)]
-        ds.SliceThickness = _ds(slice_thickness_mm if slice_thickness_mm is not None else dz)
+        ds.SliceThickness = _ds(thickness[k])
         ds.SliceLocation = _ds(positions[k] @ normal)
         if gantry_tilt_deg:
             ds.GantryDetectorTilt = _ds(gantry_tilt_deg)

@@ -15,6 +15,21 @@ The slice order is the order of positions projected on the slice normal
 are never used: scanners and PACS disagree about them.  Spacing between slices comes from
 positions only; SliceThickness is the reconstructed slab width, which differs from the
 spacing for overlapping or gapped reconstructions.
+
+What is analysed.  The model works slice by slice in the acquired planes, so a stack does not
+have to be a regular grid:
+
+- **Gantry tilt** (slices stacked at an angle to their normal, 10-20 degrees in routine head
+  CT) is analysed as acquired.  Each slice is a true plane of the patient; the slab a slice
+  stands for is measured along the normal (:func:`slice_slabs_mm`), which gives the volume of
+  a sheared voxel.  Only a shear beyond any gantry's range (:data:`MAX_TILT_DEG`) is refused:
+  such a stack is a reformat or carries wrong positions.
+- **Uneven spacing** (e.g. thin slices through the posterior fossa, thicker ones above) is
+  analysed; each slice stands for the slab half-way to its neighbours along the normal.
+- Refused (:func:`contiguity_problem`, rules in :mod:`segmenter.spacing`): duplicate
+  positions, and gaps where a volume would be guessed rather than measured.
+- Mixed orientations are refused by :func:`orientation_problem`; mixed pixel spacing or matrix
+  size by the callers, which see those attributes.
 """
 from __future__ import annotations
 
@@ -23,6 +38,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from segmenter import spacing
+
 #: Largest difference between any component of two slices' orientation that still counts as
 #: "the same orientation".  Real scanners write IOP with rounding noise around 1e-6.
 ORIENTATION_TOLERANCE = 1e-3
@@ -30,8 +47,11 @@ ORIENTATION_TOLERANCE = 1e-3
 POSITION_TOLERANCE_MM = 0.1
 #: Default largest angle between the slice normal and the patient z axis for "axial".
 MAX_AXIAL_ANGLE_DEG = 30.0
-#: Default largest angle between the stacking direction and the slice normal (gantry tilt).
-MAX_TILT_DEG = 0.5
+#: Largest angle between the stacking direction and the slice normal that is a gantry tilt.
+#: Gantries tilt by at most 30 degrees; a stack sheared further is not a tilted acquisition.
+MAX_TILT_DEG = 45.0
+#: See :data:`segmenter.spacing.MAX_GAP_RATIO`.
+MAX_GAP_RATIO = spacing.MAX_GAP_RATIO
 
 ArrayLike = Sequence[float] | np.ndarray
 
@@ -131,45 +151,51 @@ def tilt_angle_deg(positions: ArrayLike, iop: ArrayLike) -> float:
 
 
 def tilt_problem(positions: ArrayLike, iop: ArrayLike, max_tilt_deg: float = MAX_TILT_DEG) -> str | None:
-    """Reason when the slices are stacked at an angle to their normal (gantry tilt), else None."""
+    """Reason when the slices are sheared further than any gantry tilts, else None.
+
+    A gantry tilt up to ``max_tilt_deg`` is analysed as acquired (see the module notes).
+    """
     angle = tilt_angle_deg(positions, iop)
     if angle > max_tilt_deg:
         return (
-            f"gantry tilt: slices are stacked {angle:.2f} degrees off their normal "
-            f"(at most {max_tilt_deg} allowed)"
+            f"slices are stacked {angle:.1f} degrees off their normal, beyond any gantry tilt "
+            f"(at most {max_tilt_deg:g} allowed): a reformat or wrong ImagePositionPatient"
         )
     return None
 
 
 def contiguity_problem(
-    positions: ArrayLike, iop: ArrayLike, tolerance_mm: float = POSITION_TOLERANCE_MM
+    positions: ArrayLike, iop: ArrayLike, tolerance_mm: float = POSITION_TOLERANCE_MM,
+    thicknesses: ArrayLike | None = None, max_gap_ratio: float = MAX_GAP_RATIO,
 ) -> str | None:
-    """Reason when slices are not evenly spaced along the normal, else None.
+    """Reason when the slices do not cover their range along the normal without holes, else None.
 
-    Detects fewer than two slices, duplicate positions, missing slices (a step close to a
-    multiple of the usual spacing) and otherwise uneven spacing, each within ``tolerance_mm``.
+    Uneven spacing is allowed; duplicates and gaps are not (see
+    :func:`segmenter.spacing.gap_problem`, which this applies to the positions along the normal).
+
+    Parameters
+    ----------
+    positions, iop:
+        ImagePositionPatient per slice (any order) and the series' orientation.
+    tolerance_mm:
+        Position tolerance, in mm.
+    thicknesses:
+        SliceThickness per slice in the order of ``positions``, ``None`` where unknown.
+    max_gap_ratio:
+        See :data:`segmenter.spacing.MAX_GAP_RATIO`.
     """
-    along = np.sort(positions_along_normal(positions, iop))
-    if along.size < 2:
-        return f"need at least 2 slices to measure spacing; got {along.size}"
-    steps = np.diff(along)
-    duplicates = int(np.sum(steps <= tolerance_mm))
-    if duplicates:
-        return f"duplicate slice positions: {duplicates} slice(s) within {tolerance_mm} mm of another"
-    spacing = float(np.median(steps))
-    worst = int(np.argmax(np.abs(steps - spacing)))
-    if abs(steps[worst] - spacing) <= tolerance_mm:
-        return None
-    ratio = steps[worst] / spacing
-    if ratio > 1.5 and abs(ratio - round(ratio)) * spacing <= tolerance_mm:
-        return (
-            f"gap: {round(ratio) - 1} slice(s) missing between positions {along[worst]:.2f} and "
-            f"{along[worst + 1]:.2f} mm (spacing {spacing:.2f} mm)"
-        )
-    return (
-        f"uneven spacing: step of {steps[worst]:.2f} mm between positions {along[worst]:.2f} and "
-        f"{along[worst + 1]:.2f} mm where the spacing is {spacing:.2f} mm (tolerance {tolerance_mm} mm)"
-    )
+    return spacing.gap_problem(positions_along_normal(positions, iop), thicknesses, tolerance_mm, max_gap_ratio)
+
+
+def slice_slabs_mm(positions: ArrayLike, iop: ArrayLike, tolerance_mm: float = POSITION_TOLERANCE_MM
+                   ) -> np.ndarray:
+    """Width along the normal of the slab each slice stands for, shape (n,), in mm.
+
+    In the order of ``positions``; see :func:`segmenter.spacing.slabs_mm`.  Measured along the
+    normal also when the stack is tilted: a sheared voxel's volume is its pixel area times its
+    height along the normal.
+    """
+    return spacing.slabs_mm(positions_along_normal(positions, iop), tolerance_mm)
 
 
 def axial_angle_deg(iop: ArrayLike) -> float:
@@ -233,11 +259,13 @@ def geometry_problem(
     tolerance_mm: float = POSITION_TOLERANCE_MM,
     max_tilt_deg: float = MAX_TILT_DEG,
     max_axial_angle_deg: float | None = MAX_AXIAL_ANGLE_DEG,
+    thicknesses: ArrayLike | None = None,
 ) -> str | None:
-    """First reason why a stack of slices is not one evenly spaced axial volume, or None.
+    """First reason why a stack of slices cannot be analysed as one axial series, or None.
 
     Checks, in order: orientation consistency, axial-ness (skipped when
-    ``max_axial_angle_deg`` is None), gantry tilt, contiguity.
+    ``max_axial_angle_deg`` is None), a shear beyond any gantry tilt, contiguity (duplicates
+    and gaps; tilt and uneven spacing are accepted).
 
     Parameters
     ----------
@@ -245,6 +273,9 @@ def geometry_problem(
         ImagePositionPatient per slice, shape (n, 3), any order.
     iops:
         ImageOrientationPatient per slice, shape (n, 6), same order as ``positions``.
+    thicknesses:
+        SliceThickness per slice, same order, ``None`` where unknown (see
+        :func:`contiguity_problem`).
     """
     pos = _as_positions(positions)
     values = np.asarray(iops, dtype=np.float64)
@@ -258,4 +289,4 @@ def geometry_problem(
         reason = axial_problem(iop, max_axial_angle_deg)
         if reason:
             return reason
-    return tilt_problem(pos, iop, max_tilt_deg) or contiguity_problem(pos, iop, tolerance_mm)
+    return tilt_problem(pos, iop, max_tilt_deg) or contiguity_problem(pos, iop, tolerance_mm, thicknesses)

@@ -2,9 +2,13 @@
 
 ``Segmenter.load()`` builds the model from the shipped weights (SHA-256 checked against the
 manifest), ``predict(volume_hu, spacing_mm, row_direction)`` returns a ``Prediction`` whose
-labels lie exactly on the input grid. Speed: ``torch.inference_mode``, channels-last memory,
-slices in small batches, and on CPU bf16 autocast when the weights' manifest records that
-bf16 agreed with fp32 on a held-out set (``bench/inference.py`` measures it).
+labels lie exactly on the input grid. The network sees each slice as acquired, so a
+gantry-tilted or unevenly spaced series is not resampled; ``slab_mm`` and ``positions`` carry
+its true geometry into the volumes and laterality (``predict_series`` passes them).
+
+Speed: ``torch.inference_mode``, channels-last memory, slices in small batches, and on CPU
+bf16 autocast when the weights' manifest records that bf16 agreed with fp32 on a held-out set
+(``bench/inference.py`` measures it).
 """
 from __future__ import annotations
 
@@ -105,7 +109,8 @@ class Segmenter:
         return torch.cat(outs), crop
 
     def predict(self, volume_hu: np.ndarray, spacing_mm: Sequence[float],
-                row_direction: Sequence[float] = (1.0, 0.0, 0.0)) -> Prediction:
+                row_direction: Sequence[float] = (1.0, 0.0, 0.0), *, slab_mm: Sequence[float] | None = None,
+                positions: np.ndarray | None = None) -> Prediction:
         """Segment one volume.
 
         Parameters
@@ -116,6 +121,11 @@ class Segmenter:
             ``(dz, dy, dx)``.
         row_direction:
             LPS direction cosines of increasing column (the series' first IOP triplet).
+        slab_mm:
+            Per slice, the width along the slice normal it stands for (see
+            ``segmenter.spacing.slabs_mm``); None: every slice stands for ``dz``.
+        positions:
+            ImagePositionPatient per slice, shape (Z, 3), for laterality in patient coordinates.
 
         Returns
         -------
@@ -127,20 +137,27 @@ class Segmenter:
             raise ValueError(f"volume_hu must be 3-D (z, y, x); got shape {volume_hu.shape}")
         if len(spacing_mm) != 3 or min(spacing_mm) <= 0:
             raise ValueError(f"spacing_mm must be three positive numbers (dz, dy, dx); got {spacing_mm}")
+        n_slices = volume_hu.shape[0]
+        if slab_mm is not None and np.shape(slab_mm) != (n_slices,):
+            raise ValueError(f"slab_mm must have one value per slice ({n_slices}); got shape {np.shape(slab_mm)}")
+        if positions is not None and np.shape(positions) != (n_slices, 3):
+            raise ValueError(f"positions must have shape ({n_slices}, 3); got {np.shape(positions)}")
         t0 = time.perf_counter()
         logits, crop = self.scores(volume_hu)
         t1 = time.perf_counter()
         probs = to_original_grid(logits, crop).numpy()
         labels, findings, excluded = findings_from_probabilities(
-            probs, spacing_mm, crop.left + crop.side / 2.0, row_direction, volume_hu=volume_hu)
+            probs, spacing_mm, crop.left + crop.side / 2.0, row_direction, volume_hu=volume_hu,
+            slab_mm=slab_mm, positions=positions)
         t2 = time.perf_counter()
         return Prediction(labels, findings, self.info,
                           {"network_s": round(t1 - t0, 3), "postprocess_s": round(t2 - t1, 3),
                            "total_s": round(t2 - t0, 3)}, excluded)
 
     def predict_series(self, series: Any) -> Prediction:
-        """Segment a ``segmenter.dicom_io.CTSeries`` (volume, spacing, row direction)."""
-        return self.predict(series.volume_hu, series.spacing_mm, series.row_direction)
+        """Segment a ``segmenter.dicom_io.CTSeries`` with its true slice geometry."""
+        return self.predict(series.volume_hu, series.spacing_mm, series.row_direction,
+                            slab_mm=series.slab_mm, positions=series.positions)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,6 +25,14 @@ Thickness is the largest in-plane thickness: twice the maximum of the in-plane E
 distance transform of the class mask (in mm), over all slices. Laterality is the patient side
 of each component's centroid relative to the head midline; LPS +x is patient left, so a column
 step moves ``row_direction[0] * dx`` mm towards patient left.
+
+Geometry. The slices are analysed as acquired, also when the gantry was tilted or the spacing
+changes within the series. Volumes weight each slice's voxels by the slab it stands for along
+the slice normal (``slab_mm``, see ``segmenter.voxels``), so a 7 mm slice counts 7/4 of a 4 mm
+one. Thickness is measured within a slice, which is a true plane of the patient whatever the
+tilt. Laterality uses the slices' positions, so a stack shifted sideways from slice to slice is
+judged in patient coordinates. 3D connectivity joins neighbouring slices by index, as the model
+sees them.
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ import numpy as np
 from scipy import ndimage
 
 from .findings import CLASS_NAMES, EDH, SDH, Finding
+from .voxels import check_slices, component_ml, mask_ml, on_slices, slice_ml, voxel_ml
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +71,13 @@ MIN_SIDE_SHARE = 0.15
 
 
 def clean_labels(labels: np.ndarray, spacing_mm: Sequence[float],
-                 min_component_ml: float = MIN_COMPONENT_ML) -> tuple[np.ndarray, np.ndarray, int]:
+                 min_component_ml: float = MIN_COMPONENT_ML, *, slab_mm: Sequence[float] | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Drop tiny components, give every component its majority class, split off large
     minority parts (rules 2 and 3).
+
+    ``slab_mm`` (one width per slice, see ``segmenter.voxels``) makes the volumes follow an
+    unevenly spaced stack; None means evenly spaced at ``spacing_mm[0]``.
 
     Returns
     -------
@@ -72,14 +85,14 @@ def clean_labels(labels: np.ndarray, spacing_mm: Sequence[float],
         The cleaned uint8 labels, the int32 component map (0 background; every component holds
         one class) and the largest component number.
     """
-    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    vml = voxel_ml(spacing_mm, slab_mm)
+    check_slices(vml, labels.shape[0])
     comps, n = ndimage.label(labels > 0, structure=_NEIGHBOURS)
     out = np.zeros_like(labels, dtype=np.uint8)
     if n == 0:
         return out, comps, 0
-    sizes = np.bincount(comps.ravel(), minlength=n + 1) * voxel_ml
-    per_class = {c: np.bincount(comps.ravel(), weights=(labels == c).ravel(), minlength=n + 1) * voxel_ml
-                 for c in CLASS_NAMES}
+    sizes = component_ml(comps, n, vml)
+    per_class = {c: component_ml(comps, n, vml, labels == c) for c in CLASS_NAMES}
     classes = sorted(CLASS_NAMES)
     votes = np.stack([per_class[c] for c in classes])  # argmax keeps the first class on ties
     winner = np.asarray(classes, np.uint8)[votes.argmax(0)]
@@ -94,8 +107,8 @@ def clean_labels(labels: np.ndarray, spacing_mm: Sequence[float],
     for cid in mixed:
         box = boxes[cid - 1]
         other = SDH if winner[cid] == EDH else EDH
-        parts, _ = ndimage.label((comps[box] == cid) & (labels[box] == other), structure=_NEIGHBOURS)
-        part_ml = np.bincount(parts.ravel()) * voxel_ml
+        parts, n_parts = ndimage.label((comps[box] == cid) & (labels[box] == other), structure=_NEIGHBOURS)
+        part_ml = component_ml(parts, n_parts, on_slices(vml, box[0]))
         part_ml[0] = 0.0  # background of the box
         for pid in np.flatnonzero(part_ml >= floor[cid]):
             part = parts == pid
@@ -109,8 +122,11 @@ def clean_labels(labels: np.ndarray, spacing_mm: Sequence[float],
 def drop_detached_edh(labels: np.ndarray, comps: np.ndarray, volume_hu: np.ndarray,
                       spacing_mm: Sequence[float], bone_hu: float = BONE_HU,
                       max_gap_mm: float = EDH_MAX_BONE_GAP_MM,
-                      min_attached_share: float = EDH_MIN_ATTACHED_SHARE) -> list[dict[str, Any]]:
+                      min_attached_share: float = EDH_MIN_ATTACHED_SHARE, *,
+                      slab_mm: Sequence[float] | None = None) -> list[dict[str, Any]]:
     """Set EDH components that do not lie against bone to background, in ``labels`` and ``comps``.
+
+    ``slab_mm`` as in :func:`clean_labels`: the attached share is a share of volume.
 
     Returns
     -------
@@ -118,7 +134,8 @@ def drop_detached_edh(labels: np.ndarray, comps: np.ndarray, volume_hu: np.ndarr
         One entry per dropped component: ``label``, ``volume_ml``, ``attached_share`` (the share
         of its volume on slices where it reaches bone) and ``reason``.
     """
-    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    vml = voxel_ml(spacing_mm, slab_mm)
+    check_slices(vml, labels.shape[0])
     margin = [0] + [int(np.ceil(max_gap_mm / s)) + 1 for s in spacing_mm[1:]]  # in-plane only
     dropped = []
     for cid, box in enumerate(ndimage.find_objects(comps), start=1):
@@ -129,21 +146,23 @@ def drop_detached_edh(labels: np.ndarray, comps: np.ndarray, volume_hu: np.ndarr
         if labels[box][mine][0] != EDH:
             continue
         bone = volume_hu[box] >= bone_hu
-        attached = 0
-        for z in range(mine.shape[0]):
+        box_vml = on_slices(vml, box[0])
+        per_slice = slice_ml(mine, box_vml)
+        attached = 0.0
+        for z in np.flatnonzero(per_slice):
             here, bone_z = mine[z], bone[z]
-            if not here.any() or not bone_z.any():
+            if not bone_z.any():
                 continue
             # Overlap is the common case (the blurred inner table); only otherwise measure the gap.
             if (here & bone_z).any() or ndimage.distance_transform_edt(
                     ~here, sampling=spacing_mm[1:])[bone_z].min() <= max_gap_mm:
-                attached += int(here.sum())
-        share = attached / int(mine.sum())
+                attached += per_slice[z]
+        share = attached / per_slice.sum()
         if share >= min_attached_share:
             continue
         labels[box][mine] = 0
         comps[box][mine] = 0
-        volume = float(mine.sum()) * voxel_ml
+        volume = mask_ml(mine, box_vml)
         dropped.append({"label": CLASS_NAMES[EDH], "volume_ml": round(volume, 3), "attached_share": round(share, 3),
                         "reason": f"not against the skull (within {max_gap_mm:g} mm of bone on slices holding "
                                   f"{share:.0%} of it): not epidural"})
@@ -163,17 +182,31 @@ def max_thickness_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> float:
 
 
 def laterality(mask: np.ndarray, comps: np.ndarray, spacing_mm: Sequence[float], midline_col: float,
-               row_direction: Sequence[float]) -> str | None:
-    """``"left"``, ``"right"``, ``"bilateral"`` (patient side) or None for an empty mask."""
-    ids, counts = np.unique(comps[mask], return_counts=True)
-    if len(ids) == 0:
+               row_direction: Sequence[float], *, slab_mm: Sequence[float] | None = None,
+               positions: np.ndarray | None = None) -> str | None:
+    """``"left"``, ``"right"``, ``"bilateral"`` (patient side) or None for an empty mask.
+
+    Each component's side is the sign of its volume-weighted mean distance from the midline
+    towards patient left (LPS +x), in mm. ``midline_col`` comes from a box around the head over
+    all slices; with ``positions`` (ImagePositionPatient per slice), a slice shifted sideways
+    against the others is measured in patient coordinates from the midline at the middle of
+    the shifts, where that box puts it.
+    """
+    if not mask.any():
         return None
-    centroids = ndimage.center_of_mass(mask, comps, ids)
-    left = 0.0
-    for (_, _, col), n in zip(centroids, counts):
-        if (col - midline_col) * spacing_mm[2] * row_direction[0] > 0:
-            left += n
-    share = left / counts.sum()
+    zs, rs, cs = np.nonzero(mask)
+    cid = comps[zs, rs, cs]
+    vml = voxel_ml(spacing_mm, slab_mm)
+    weight = np.ones(zs.size) if np.ndim(vml) == 0 else np.asarray(vml)[zs]
+    left_mm = (cs - midline_col) * spacing_mm[2] * row_direction[0]
+    if positions is not None:
+        x = np.asarray(positions, dtype=np.float64)[:, 0]
+        left_mm = left_mm + (x - (x.min() + x.max()) / 2.0)[zs]
+    ids, index = np.unique(cid, return_inverse=True)
+    volume = np.bincount(index, weights=weight)
+    mean_left = np.bincount(index, weights=weight * left_mm) / volume
+    left = float(volume[mean_left > 0].sum())
+    share = left / float(volume.sum())
     if MIN_SIDE_SHARE <= share <= 1 - MIN_SIDE_SHARE:
         return "bilateral"
     return "left" if share > 0.5 else "right"
@@ -182,6 +215,7 @@ def laterality(mask: np.ndarray, comps: np.ndarray, spacing_mm: Sequence[float],
 def findings_from_probabilities(probs: np.ndarray, spacing_mm: Sequence[float], midline_col: float,
                                 row_direction: Sequence[float] = (1.0, 0.0, 0.0),
                                 min_present_ml: float = MIN_PRESENT_ML, volume_hu: np.ndarray | None = None,
+                                *, slab_mm: Sequence[float] | None = None, positions: np.ndarray | None = None,
                                 ) -> tuple[np.ndarray, dict[str, Finding], list[dict[str, Any]]]:
     """Labels, findings and excluded components from (Z, C, rows, cols) probabilities.
 
@@ -198,6 +232,11 @@ def findings_from_probabilities(probs: np.ndarray, spacing_mm: Sequence[float], 
     volume_hu:
         The source volume in HU, for the EDH-against-the-skull rule; without it the rule cannot
         locate bone and is skipped.
+    slab_mm:
+        Per slice, the width along the slice normal it stands for (an unevenly spaced series);
+        None: every slice stands for ``spacing_mm[0]``.
+    positions:
+        ImagePositionPatient per slice, shape (Z, 3), for laterality in patient coordinates.
 
     Returns
     -------
@@ -205,29 +244,34 @@ def findings_from_probabilities(probs: np.ndarray, spacing_mm: Sequence[float], 
         uint8 labels (Z, rows, cols), a ``Finding`` per class name, and the components removed
         by the EDH rule (see ``drop_detached_edh``).
     """
-    labels, comps, _ = clean_labels(probs.argmax(1).astype(np.uint8), spacing_mm)
-    excluded = [] if volume_hu is None else drop_detached_edh(labels, comps, volume_hu, spacing_mm)
-    findings = findings_from_labels(labels, comps, probs, spacing_mm, midline_col, row_direction, min_present_ml)
+    labels, comps, _ = clean_labels(probs.argmax(1).astype(np.uint8), spacing_mm, slab_mm=slab_mm)
+    excluded = [] if volume_hu is None else drop_detached_edh(labels, comps, volume_hu, spacing_mm, slab_mm=slab_mm)
+    findings = findings_from_labels(labels, comps, probs, spacing_mm, midline_col, row_direction, min_present_ml,
+                                    slab_mm=slab_mm, positions=positions)
     return labels, findings, excluded
 
 
 def findings_from_labels(labels: np.ndarray, comps: np.ndarray, probs: np.ndarray | None,
                          spacing_mm: Sequence[float], midline_col: float,
                          row_direction: Sequence[float] = (1.0, 0.0, 0.0),
-                         min_present_ml: float = MIN_PRESENT_ML) -> dict[str, Finding]:
-    """One ``Finding`` per class from cleaned labels (``probs`` None gives confidence 1)."""
-    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+                         min_present_ml: float = MIN_PRESENT_ML, *, slab_mm: Sequence[float] | None = None,
+                         positions: np.ndarray | None = None) -> dict[str, Finding]:
+    """One ``Finding`` per class from cleaned labels (``probs`` None gives confidence 1).
+
+    ``slab_mm`` and ``positions`` as in :func:`findings_from_probabilities`.
+    """
+    vml = voxel_ml(spacing_mm, slab_mm)
+    check_slices(vml, labels.shape[0])
     findings = {}
     for c, name in CLASS_NAMES.items():
         mask = labels == c
         n = int(mask.sum())
-        vol = n * voxel_ml
+        vol = mask_ml(mask, vml)
         if n == 0:
             findings[name] = Finding(name, c, False, 0.0, 0.0, None, 0.0, 0)
             continue
         conf = float(probs[:, c][mask].mean()) if probs is not None else 1.0
+        side = laterality(mask, comps, spacing_mm, midline_col, row_direction, slab_mm=slab_mm, positions=positions)
         findings[name] = Finding(name, c, vol >= min_present_ml, float(vol),
-                                 round(max_thickness_mm(mask, spacing_mm), 2),
-                                 laterality(mask, comps, spacing_mm, midline_col, row_direction),
-                                 round(conf, 4), n)
+                                 round(max_thickness_mm(mask, spacing_mm), 2), side, round(conf, 4), n)
     return findings

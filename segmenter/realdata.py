@@ -33,6 +33,10 @@ CTICH_COLUMNS = ("PatientNumber", "SliceNumber", *CTICH_FLAGS, "Fracture_Yes_No"
 OTHER_TYPES = ("Intraventricular", "Intraparenchymal", "Subarachnoid")
 #: Voxel axes of a DICOM-like (x, y, z) array: columns to Left, rows to Posterior, slices up.
 DICOM_AXCODES = ("L", "P", "S")
+#: A NIfTI affine describes a regular, unsheared grid, so labels can be checked against (and
+#: trusted on) only an untilted, evenly spaced series: a NIfTI file of a tilted or unevenly
+#: spaced series is resampled or misdescribed, and labels drawn on it miss the acquired slices.
+NIFTI_MAX_TILT_DEG = 0.5
 
 
 @dataclass
@@ -234,7 +238,8 @@ def load_dicom_nifti(root: str | Path, *, tolerance_mm: float = 1.0) -> list[Cas
     segmenter.dicom_io.SeriesError
         When a series is not usable (see :func:`segmenter.dicom_io.read_series`).
     ValueError
-        When labels are missing, hold values other than 0/1/2, or are not on the series grid.
+        When labels are missing, hold values other than 0/1/2, or are not on the series grid,
+        or the series is gantry-tilted or unevenly spaced (see :data:`NIFTI_MAX_TILT_DEG`).
     """
     cases: list[Case] = []
     for case_dir in sorted(p for p in Path(root).iterdir() if p.is_dir()):
@@ -242,6 +247,12 @@ def load_dicom_nifti(root: str | Path, *, tolerance_mm: float = 1.0) -> list[Cas
         if not label_path.is_file():
             raise ValueError(f"case {case_dir.name} must contain labels.nii.gz")
         series = read_series(case_dir / "dicom")
+        if series.tilt_deg > NIFTI_MAX_TILT_DEG:
+            raise ValueError(f"{case_dir.name}/dicom must not be gantry-tilted for NIfTI labels; "
+                             f"got {series.tilt_deg:.1f} degrees")
+        if series.slab_mm is not None and np.ptp(series.slab_mm) > 0:
+            raise ValueError(f"{case_dir.name}/dicom must be evenly spaced for NIfTI labels; got slabs of "
+                             f"{series.slab_mm.min():.2f} to {series.slab_mm.max():.2f} mm")
         target = _series_affine_ras(series.positions, series.orientation, series.spacing_mm)
         img = nib.load(label_path)
         transform = ornt.ornt_transform(ornt.io_orientation(img.affine), ornt.io_orientation(target))

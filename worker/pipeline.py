@@ -131,7 +131,8 @@ def analyse_series(sources: Sequence[Path], folder: Path, cfg: Config, segmenter
     folder:
         Where the objects (and the PNG preview) are written; created if missing.
     cfg:
-        Node configuration (``series.max_axial_angle_deg``, ``model``).
+        Node configuration (``series.max_axial_angle_deg``, ``series.spacing_tolerance_mm``,
+        ``model``).
     segmenter:
         A loaded ``segmenter.inference.Segmenter`` or a zero-argument callable returning one
         (called after the series was read, so a load failure is reported as stage ``load``).
@@ -154,7 +155,8 @@ def analyse_series(sources: Sequence[Path], folder: Path, cfg: Config, segmenter
     from segmenter.dicom_io import SeriesError, read_series
 
     try:
-        series = read_series(list(sources), max_axial_angle_deg=cfg.series.max_axial_angle_deg)
+        series = read_series(list(sources), max_axial_angle_deg=cfg.series.max_axial_angle_deg,
+                             tolerance_mm=cfg.series.spacing_tolerance_mm)
     except SeriesError as exc:
         run.lap("read")
         return _status(run, cfg, sources, "not_analysed", exc.reason, None)

@@ -256,7 +256,10 @@ def test_own_result_never_analysed_and_no_report(cfg, ledger, tmp_path):
 
 
 @pytest.mark.parametrize("kw,expected", [
-    ({"gantry_tilt_deg": 15.0}, "gantry tilt"),
+    ({"gantry_tilt_deg": 18.5}, None),  # analysed as acquired
+    ({"gantry_tilt_deg": 18.5, "slice_offsets_mm": [4.0 * k for k in range(6)] + [21.0 + 7.0 * k for k in range(6)],
+      "slice_thickness_mm": 4.0}, "gap: slices 4.00 mm thick are 7.00 mm apart"),
+    ({"slice_offsets_mm": [0, 5, 10, 15, 20, 30, 35, 40, 45, 50, 55, 60]}, "gap: 1 slice(s) missing"),
     ({"orientation": (0, 1, 0, 0, 0, -1)}, "not axial"),
     ({"series_description": "Scout"}, "excluded by series.exclude.series_description[0]"),
     ({"omit": ("PixelData",)}, "12 instance(s) without pixel data"),
@@ -294,4 +297,5 @@ def test_read_summary_round_trip(ct12):
 
     summary = read_summary(ct12[0], "1.2.3")
     assert summary.error is None and summary.has_pixel_data and summary.rows == 64
+    assert summary.slice_thickness_mm == 5.0
     assert HeaderSummary.from_dict(summary.to_dict()) == summary

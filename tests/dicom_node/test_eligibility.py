@@ -50,8 +50,21 @@ CFG = SeriesConfig()
 TILT_20 = (1, 0, 0, 0, math.cos(math.radians(20)), math.sin(math.radians(20)))
 
 
-def sheared(series):
-    return [dataclasses.replace(h, ipp=(h.ipp[0], h.ipp[1] + k * 1.0, h.ipp[2])) for k, h in enumerate(series)]
+def sheared(series, tilt_deg: float = 11.3):
+    """Each slice shifted along the column direction, as an uncorrected gantry tilt stacks them."""
+    shift = math.tan(math.radians(tilt_deg)) * 5.0
+    return [dataclasses.replace(h, ipp=(h.ipp[0], h.ipp[1] + k * shift, h.ipp[2])) for k, h in enumerate(series)]
+
+
+def two_runs(n_thin: int = 14, n_thick: int = 14, tilt_deg: float = 18.5, thickness: bool = True):
+    """4 mm slices through the posterior fossa, then 7 mm ones overlapping where they meet, on a
+    plane tilted by ``tilt_deg`` and stacked along the patient z axis (a GE head protocol)."""
+    iop = (1, 0, 0, 0, math.cos(math.radians(tilt_deg)), -math.sin(math.radians(tilt_deg)))
+    along = [4.0 * k for k in range(n_thin)] + [4.0 * n_thin - 2.9 + 7.0 * k for k in range(n_thick)]
+    cos = math.cos(math.radians(tilt_deg))
+    return [dataclasses.replace(h, ipp=(-125.0, -123.5, 5.8 + a / cos),
+                                slice_thickness_mm=(4.0 if k < n_thin else 7.0) if thickness else None)
+            for k, (h, a) in enumerate(zip(ct_series(n=n_thin + n_thick, iop=iop), along))]
 
 
 def gap(series):
@@ -65,6 +78,10 @@ GOOD = [
     ("exactly min_slices", ct_series(n=CFG.min_slices)),
     ("spacing rounding noise", with_slice(ct_series(), 3, pixel_spacing=(0.5000004, 0.5))),
     ("encapsulated thin slices", ct_series(n=40, spacing=0.625)),
+    ("sheared stack (uncorrected gantry tilt)", sheared(ct_series())),
+    ("sheared 30 degrees", sheared(ct_series(), 30.0)),
+    ("two spacings on a tilted plane (GE head)", two_runs()),
+    ("two spacings, SliceThickness missing", two_runs(thickness=False)),
 ]
 
 
@@ -121,8 +138,12 @@ ILL = [
     ("coronal", ct_series(iop=(1, 0, 0, 0, 0, -1)), CFG, "not axial", SeriesKind.CT_IMAGE),
     ("40 degrees beyond max_axial_angle_deg", ct_series(iop=(1, 0, 0, 0, math.cos(0.70), math.sin(0.70))), CFG,
      "not axial", SeriesKind.CT_IMAGE),
-    ("sheared stack (uncorrected gantry tilt)", sheared(ct_series()), CFG, "gantry tilt", SeriesKind.CT_IMAGE),
+    ("sheared beyond any gantry tilt", sheared(ct_series(), 60.0), CFG, "beyond any gantry tilt",
+     SeriesKind.CT_IMAGE),
     ("gap", gap(ct_series(n=14)), CFG, "gap: 1 slice(s) missing", SeriesKind.CT_IMAGE),
+    ("gap in a tilted two-spacing series", gap(two_runs()), CFG, "gap: 1 slice(s) missing", SeriesKind.CT_IMAGE),
+    ("slices thinner than half their spacing", ct_series(spacing=10.0, slice_thickness_mm=5.0), CFG,
+     "gap: slices 5.00 mm thick are 10.00 mm apart", SeriesKind.CT_IMAGE),
     ("duplicate position", with_slice(ct_series(), 1, ipp=ct_series()[0].ipp), CFG, "duplicate slice positions",
      SeriesKind.CT_IMAGE),
     ("invalid IOP", ct_series(iop=(1, 0, 0, 1, 0, 0)), CFG, "orthogonal", SeriesKind.CT_IMAGE),
@@ -152,6 +173,8 @@ def test_synthetic_manufacturer_is_not_ours():
 @pytest.mark.parametrize("series,ok", [
     (ct_series(n=2), True),
     (gap(ct_series()), False),
+    (two_runs(), True),  # two spacings are contiguous: complete without waiting for the quiet timer
+    (gap(two_runs()), False),
     (ct_series(n=1), False),
     (with_slice(ct_series(), 0, iop=None), False),
 ])

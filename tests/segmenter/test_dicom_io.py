@@ -109,7 +109,30 @@ def test_sorted_by_position_not_instance_number_or_name(tmp_path, order, names, 
 
 def test_spacing_comes_from_positions_not_slice_thickness(tmp_path):
     write_ct_series(volume(), (4.0, 1.0, 1.0), tmp_path, slice_thickness_mm=5.0)
-    assert read_series(tmp_path).spacing_mm == pytest.approx((4.0, 1.0, 1.0))
+    series = read_series(tmp_path)
+    assert series.spacing_mm == pytest.approx((4.0, 1.0, 1.0))
+    assert np.all(series.slab_mm == series.spacing_mm[0]) and series.tilt_deg == pytest.approx(0.0, abs=1e-6)
+
+
+#: A GE head protocol: the image plane tilted 18.5 degrees (IOP 1,0,0, 0,0.948,-0.317), slices
+#: stacked along the patient z axis, 4 mm through the posterior fossa, then 7 mm.
+TILTED_PLANE = (1.0, 0.0, 0.0, 0.0, float(np.cos(np.radians(18.5))), -float(np.sin(np.radians(18.5))))
+TWO_RUNS = [4.0 * k for k in range(4)] + [13.1 + 7.0 * k for k in range(3)]
+
+
+@pytest.mark.parametrize("order", ["shuffled", "ascending"])
+def test_tilted_series_with_two_spacings_is_read_as_acquired(tmp_path, order):
+    vol = volume(n=7)
+    paths = write_ct_series(vol, (4.0, 0.9, 0.8), tmp_path, orientation=TILTED_PLANE, gantry_tilt_deg=-18.5,
+                            slice_offsets_mm=TWO_RUNS, slice_thickness_mm=[4.0] * 4 + [7.0] * 3,
+                            instance_number_order=order)
+    series = read_series(list(reversed(paths)))
+    np.testing.assert_array_equal(series.volume_hu, vol)  # every slice as acquired, none resampled
+    steps = np.diff(series.positions, axis=0)
+    np.testing.assert_allclose(steps[:, :2], 0.0, atol=1e-4)  # stacked along the patient z axis
+    assert series.tilt_deg == pytest.approx(18.5, abs=0.01)
+    np.testing.assert_allclose(series.slab_mm, [4, 4, 4, 2.55, 4.05, 7, 7], atol=1e-4)  # along the normal
+    assert series.orientation == pytest.approx(TILTED_PLANE, abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -197,8 +220,8 @@ def _gap(folder: Path) -> None:
     make_test_series(folder, n_slices=5, rows=16, cols=16, slice_offsets_mm=[0, 5, 10, 20, 25])
 
 
-def _uneven(folder: Path) -> None:
-    make_test_series(folder, n_slices=5, rows=16, cols=16, slice_offsets_mm=[0, 5, 10, 17, 22])
+def _gapped(folder: Path) -> None:
+    make_test_series(folder, n_slices=5, rows=16, cols=16, spacing_mm=(10.0, 15.0, 15.0), slice_thickness_mm=5.0)
 
 
 def _duplicate(folder: Path) -> None:
@@ -206,9 +229,10 @@ def _duplicate(folder: Path) -> None:
 
 
 ILL = {
-    "gantry tilt": (lambda d: make_test_series(d, n_slices=4, rows=16, cols=16, gantry_tilt_deg=15.0), "gantry tilt"),
+    "sheared beyond a gantry tilt": (lambda d: make_test_series(d, n_slices=4, rows=16, cols=16, gantry_tilt_deg=60.0),
+                                     "beyond any gantry tilt"),
     "gap": (_gap, "gap: 1 slice(s) missing"),
-    "uneven": (_uneven, "uneven spacing"),
+    "gapped protocol": (_gapped, "gap: slices 5.00 mm thick are 10.00 mm apart"),
     "duplicate": (_duplicate, "duplicate slice positions"),
     "mixed rows": (_write_two_sizes, "mixed Rows"),
     "mixed pixel spacing": (_write_two_spacings, "mixed PixelSpacing"),

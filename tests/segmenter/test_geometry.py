@@ -12,13 +12,22 @@ AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 
 
-def stack(n: int = 10, dz: float = 5.0, iop=AXIAL, tilt_deg: float = 0.0) -> np.ndarray:
-    """Positions of an n-slice stack along the normal of ``iop``, optionally tilted."""
+def stack(n: int = 10, dz: float = 5.0, iop=AXIAL, tilt_deg: float = 0.0, offsets=None) -> np.ndarray:
+    """Positions of an n-slice stack along the normal of ``iop`` (at ``offsets`` when given),
+    optionally tilted: each slice shifted along the column direction as a tilted gantry does."""
     iop = np.asarray(iop, float)
     normal = np.cross(iop[:3], iop[3:])
-    offsets = np.arange(n) * dz
+    offsets = np.arange(n) * dz if offsets is None else np.asarray(offsets, float)
     return (offsets[:, None] * normal + (np.tan(np.radians(tilt_deg)) * offsets)[:, None] * iop[3:]
             + np.array([-120.0, -110.0, 30.0]))
+
+
+#: Two spacings as a GE head protocol writes them: 4 mm through the posterior fossa, then 7 mm,
+#: the runs overlapping where they meet (positions along the normal of the real series).
+TWO_RUNS = [*(4.0 * np.arange(14)), 53.1, *(53.1 + 7.0 * np.arange(1, 14))]
+TWO_RUNS_THICKNESS = [4.0] * 14 + [7.0] * 14
+#: The tilted plane of that series: IOP (1, 0, 0, 0, 0.948, -0.317), 18.5 degrees.
+TILTED_PLANE = (1.0, 0.0, 0.0, 0.0, math.cos(math.radians(18.5)), -math.sin(math.radians(18.5)))
 
 
 @pytest.mark.parametrize(
@@ -75,7 +84,38 @@ def test_tilt_angle(tilt):
 
 def test_tilt_ignores_position_rounding_on_thin_slices():
     positions = np.round(stack(n=200, dz=0.625), 2)
-    assert g.tilt_problem(positions, AXIAL) is None
+    assert g.tilt_angle_deg(positions, AXIAL) < 0.5
+
+
+@pytest.mark.parametrize("tilt, refused", [(0.0, False), (18.5, False), (30.0, False), (44.0, False), (50.0, True)])
+def test_only_a_shear_beyond_any_gantry_tilt_is_refused(tilt, refused):
+    problem = g.tilt_problem(stack(tilt_deg=tilt), AXIAL)
+    assert (problem is not None) is refused
+    if refused:
+        assert "beyond any gantry tilt" in problem
+
+
+def test_slabs_of_an_even_stack_are_the_spacing_exactly():
+    positions = np.round(stack(n=30, dz=5.0, tilt_deg=18.5), 3)  # DS rounding, tilted
+    slabs = g.slice_slabs_mm(positions, AXIAL)
+    assert np.all(slabs == g.slice_spacing(positions, AXIAL))
+
+
+@pytest.mark.parametrize("tilt", [0.0, 18.5])
+def test_slabs_are_measured_along_the_normal_half_way_to_each_neighbour(tilt):
+    positions = stack(offsets=[0, 4, 8, 15, 22], tilt_deg=tilt)
+    np.testing.assert_allclose(g.slice_slabs_mm(positions, AXIAL), [4, 4, 5.5, 7, 7])
+    shuffled = [3, 0, 4, 1, 2]
+    np.testing.assert_allclose(g.slice_slabs_mm(positions[shuffled], AXIAL), np.array([4, 4, 5.5, 7, 7])[shuffled])
+
+
+def test_slabs_tile_a_series_with_overlapping_runs():
+    positions = stack(offsets=TWO_RUNS, iop=TILTED_PLANE, tilt_deg=18.5)
+    slabs = g.slice_slabs_mm(positions, TILTED_PLANE)
+    along = np.sort(g.positions_along_normal(positions, TILTED_PLANE))
+    # From half a step below the first slice to half a step above the last, nothing twice.
+    assert slabs.sum() == pytest.approx(along[-1] - along[0] + 4.0 / 2 + 7.0 / 2)
+    assert slabs[13] == pytest.approx((4.0 + 53.1 - 52.0) / 2) and slabs[14] == pytest.approx((1.1 + 7.0) / 2)
 
 
 GOOD = {
@@ -87,6 +127,11 @@ GOOD = {
     "slight oblique": (stack(iop=(1, 0, 0, 0, math.cos(0.3), math.sin(0.3))),
                        [(1, 0, 0, 0, math.cos(0.3), math.sin(0.3))] * 10),
     "jitter below tolerance": (stack() + np.array([0, 0, 0.04]) * (np.arange(10) % 2)[:, None], [AXIAL] * 10),
+    "gantry tilt 18.5 degrees": (stack(tilt_deg=18.5), [AXIAL] * 10),
+    "gantry tilt 30 degrees, reversed": (stack(tilt_deg=-30)[::-1], [AXIAL] * 10),
+    "one longer step": (stack(offsets=[0, 5, 10, 17, 22]), [AXIAL] * 5),
+    "two spacings, tilted plane and stack": (stack(offsets=TWO_RUNS, iop=TILTED_PLANE, tilt_deg=18.5),
+                                              [TILTED_PLANE] * 28),
 }
 
 
@@ -95,21 +140,22 @@ def test_geometry_good(positions, iops):
     assert g.geometry_problem(positions, iops) is None
 
 
+def test_two_spacings_with_their_thicknesses_are_good():
+    positions = stack(offsets=TWO_RUNS, iop=TILTED_PLANE, tilt_deg=18.5)
+    assert g.geometry_problem(positions, [TILTED_PLANE] * 28, thicknesses=TWO_RUNS_THICKNESS) is None
+
+
 def _with_gap() -> np.ndarray:
     return np.delete(stack(), 4, axis=0)
 
 
-def _uneven() -> np.ndarray:
-    positions = stack()
-    positions[6:, 2] += 1.5
-    return positions
-
-
 ILL = {
     "one slice": (stack(n=1), [AXIAL], "at least 2 slices"),
-    "gantry tilt": (stack(tilt_deg=15), [AXIAL] * 10, "gantry tilt"),
+    "sheared beyond a gantry tilt": (stack(tilt_deg=60), [AXIAL] * 10, "beyond any gantry tilt"),
     "gap": (_with_gap(), [AXIAL] * 9, "gap: 1 slice"),
-    "uneven": (_uneven(), [AXIAL] * 10, "uneven spacing"),
+    "gap in a tilted stack": (np.delete(stack(tilt_deg=18.5), 4, axis=0), [AXIAL] * 9, "gap: 1 slice"),
+    "slice missing from the thin run": (stack(offsets=np.delete(TWO_RUNS, 5), iop=TILTED_PLANE, tilt_deg=18.5),
+                                        [TILTED_PLANE] * 27, "gap: 1 slice"),
     "duplicate": (np.vstack([stack(), stack()[3:4]]), [AXIAL] * 11, "duplicate slice positions"),
     "coronal": (stack(iop=CORONAL), [CORONAL] * 10, "not axial"),
     "orientation differs": (stack(), [AXIAL] * 9 + [(1, 0, 0, 0, 0.995, 0.0998)], "inconsistent orientation"),

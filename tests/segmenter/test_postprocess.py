@@ -207,3 +207,63 @@ def test_edh_rule_keeps_every_true_epidural_phantom(seed: int) -> None:
     cleaned, comps, _ = clean_labels(ph.labels, ph.spacing_mm)
     assert (cleaned == EDH).any()
     assert drop_detached_edh(cleaned, comps, ph.hu, ph.spacing_mm) == []
+
+
+# -- true geometry: uneven slabs and slices shifted sideways ---------------------------------------
+SLABS = [4.0, 4.0, 4.0, 5.5, 7.0, 7.0]  # a 4 mm run, then a 7 mm run
+
+
+def test_even_slabs_give_exactly_the_numbers_of_a_regular_grid() -> None:
+    hu, labels = skull_and_blob(0)
+    labels[2:5, 40:50, 30:40] = SDH
+    probs = np.stack([labels == c for c in range(3)], axis=1).astype(np.float32)
+    plain = findings_from_probabilities(probs, SPACING, 31.5, volume_hu=hu)
+    slabs = findings_from_probabilities(probs, SPACING, 31.5, volume_hu=hu, slab_mm=[5.0] * 6,
+                                        positions=np.zeros((6, 3)))
+    np.testing.assert_array_equal(plain[0], slabs[0])
+    assert plain[1] == slabs[1] and plain[2] == slabs[2]
+
+
+def test_volume_weights_each_slice_by_its_slab() -> None:
+    labels = vol((SDH, slice(1, 6), slice(10, 30), slice(10, 30)))  # 400 voxels a slice
+    cleaned, comps, _ = clean_labels(labels, SPACING, slab_mm=SLABS)
+    f = findings_from_labels(cleaned, comps, None, SPACING, 31.5, slab_mm=SLABS)
+    assert f["SDH"].volume_ml == pytest.approx(400 * 0.25 * sum(SLABS[1:6]) / 1000)
+    assert f["SDH"].voxel_count == 2000
+    even = findings_from_labels(cleaned, comps, None, SPACING, 31.5)["SDH"]
+    assert f["SDH"].max_thickness_mm == even.max_thickness_mm  # within a slice: the slab plays no part
+
+
+@pytest.mark.parametrize("slab,kept", [(5.0, False), (7.0, True)])
+def test_minimum_component_volume_uses_the_slab(slab: float, kept: bool) -> None:
+    labels = vol((SDH, slice(4, 5), slice(10, 16), slice(10, 16)))  # 36 voxels: 45 mm3 at 5 mm, 63 at 7
+    cleaned, _, _ = clean_labels(labels, SPACING, slab_mm=[5.0] * 4 + [slab, 5.0])
+    assert bool(cleaned.any()) is kept
+
+
+def test_edh_attached_share_is_a_share_of_volume() -> None:
+    """Half the voxels of the blob lie against bone, on the thin slice: less than half its volume."""
+    hu, labels = skull_and_blob(12)
+    labels[:] = 0
+    labels[3:5, 20:40, 22:34] = EDH
+    labels[3, 30, 10:22] = EDH  # the spur, on the 4 mm slice only
+    labels[4, 40, 22:34] = EDH  # the same number of voxels on the 7 mm slice
+    slabs = [4.0, 4.0, 4.0, 4.0, 7.0, 7.0]
+    cleaned, comps, _ = clean_labels(labels, SPACING)
+    assert drop_detached_edh(cleaned, comps, hu, SPACING) == []  # by voxel count: 0.5
+    cleaned, comps, _ = clean_labels(labels, SPACING, slab_mm=slabs)
+    (out,) = drop_detached_edh(cleaned, comps, hu, SPACING, slab_mm=slabs)
+    assert out["attached_share"] == pytest.approx(4 / 11, abs=1e-3)
+    assert out["volume_ml"] == pytest.approx(252 * 0.25 * (4 + 7) / 1000, abs=1e-3)
+
+
+@pytest.mark.parametrize("shift_mm,expected", [(0.0, "left"), (-10.0, "right"), (10.0, "left")])
+def test_laterality_in_patient_coordinates(shift_mm: float, expected: str) -> None:
+    """The lesion lies 4 mm left of the midline column; its slices sit ``shift_mm`` along patient x
+    from the middle of the stack's sideways shifts."""
+    labels = vol((SDH, slice(2, 4), slice(20, 30), slice(36, 44)))
+    positions = np.zeros((6, 3))
+    positions[2:4, 0] = shift_mm
+    positions[[0, 5], 0] = -shift_mm
+    cleaned, comps, _ = clean_labels(labels, SPACING)
+    assert laterality(cleaned == SDH, comps, SPACING, 31.5, (1, 0, 0), positions=positions) == expected

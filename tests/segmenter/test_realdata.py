@@ -162,11 +162,11 @@ def test_ctich_ill(tmp_path, break_it, error, match):
 
 
 def dicom_case(root: Path, name: str, *, labels_shape_z: int | None = None, shift_mm: float = 0.0,
-               bad_value: bool = False) -> np.ndarray:
+               bad_value: bool = False, **series_kw) -> np.ndarray:
     """A DICOM series (shuffled numbers, random names) plus dcm2niix-style (LAS) labels."""
     rows, cols, nz, dy, dx, dz = 16, 18, 6, 0.8, 0.7, 5.0
     make_test_series(root / name / "dicom", n_slices=nz, rows=rows, cols=cols, spacing_mm=(dz, dy, dx),
-                     file_names="random", patient_id=f"PID-{name}")
+                     file_names="random", patient_id=f"PID-{name}", **series_kw)
     labels = np.zeros((nz, rows, cols), dtype=np.uint8)
     labels[1, 2:5, 3:9] = SDH
     labels[4, 10:12, 1:3] = EDH
@@ -197,8 +197,11 @@ def test_dicom_nifti_labels_follow_sorted_series(tmp_path):
         (dict(labels_shape_z=5), "must match the sorted series shape"),
         (dict(shift_mm=10.0), "must lie on the DICOM grid"),
         (dict(bad_value=True), "must hold only 0, 1, 2"),
+        # The reader analyses these as acquired, but one NIfTI affine cannot describe them.
+        (dict(gantry_tilt_deg=15.0), "must not be gantry-tilted for NIfTI labels; got 15.0 degrees"),
+        (dict(slice_offsets_mm=[0, 5, 10, 15, 22, 29]), "must be evenly spaced for NIfTI labels"),
     ],
-    ids=["shape", "off grid", "label value"],
+    ids=["shape", "off grid", "label value", "tilted", "two spacings"],
 )
 def test_dicom_nifti_ill(tmp_path, kw, match):
     dicom_case(tmp_path, "a", **kw)

@@ -155,8 +155,23 @@ def test_unusable_series_is_not_analysed_with_reason_and_report(cfg):
     (cfg.data_dir / rel).write_text(json.dumps(manifest))
     planted = Planted()
     outcome = run_job(rel, cfg.data_dir, cfg, planted)
-    assert outcome["state"] == "not_analysed" and outcome["fail_stage"] is None and outcome["reason"]
+    assert outcome["state"] == "not_analysed" and outcome["fail_stage"] is None
+    assert outcome["reason"].startswith("gap: 1 slice(s) missing")
     assert [f["type"] for f in outcome["files"]] == ["sr"] and planted.calls == 0
+    assert b"gap: 1 slice(s) missing" in (cfg.data_dir / outcome["files"][0]["path"]).read_bytes()  # in the SR
+
+
+def test_tilted_series_with_two_spacings_is_analysed(cfg, tmp_path, tilted_series, oracle_segmenter):
+    """18.5 degrees of gantry tilt, 4 mm then 7 mm slices: analysed as acquired, every object valid,
+    and the planted lesion's volume within 3 % of the truth."""
+    outcome = analyse_series(tilted_series.paths, tmp_path / "out", cfg, oracle_segmenter, rel_to=tmp_path)
+    assert outcome["state"] == "done", outcome["reason"]
+    sdh = outcome["findings"]["SDH"]
+    assert sdh["present"] and sdh["laterality"] == "left"
+    assert sdh["volume_ml"] == pytest.approx(tilted_series.truth_ml, rel=0.03)
+    assert {f["type"] for f in outcome["files"]} == {"seg", "sr", "sc", "kos"}
+    for f in outcome["files"]:
+        assert dciodvfy_errors(tmp_path / f["path"]) == [], f["type"]
 
 
 def test_no_readable_ct_header_means_no_report_but_an_outcome(cfg):

@@ -106,7 +106,8 @@ def _repeated(datasets: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
     return out
 
 
-def _tilted(datasets: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
+def _one_slice_reoriented(datasets: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """Mixed orientations (not gantry tilt, which keeps one orientation): refused."""
     out = [copy.deepcopy(ds) for ds in datasets]
     out[3].ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.99, 0.14]
     return out
@@ -123,7 +124,7 @@ def _two_series(datasets: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
     [
         (_shuffled, ValueError, "sources must be sorted along the slice normal"),
         (_repeated, ValueError, "without repeated positions"),
-        (_tilted, ValueError, "sources must share one ImageOrientationPatient"),
+        (_one_slice_reoriented, ValueError, "sources must share one ImageOrientationPatient"),
         (_two_series, ValueError, "sources must come from one series"),
         (lambda ds: [], ValueError, "sources must contain at least one dataset"),
         (lambda ds: ds[0], TypeError, "sources must be a sequence of pydicom Datasets"),
@@ -177,3 +178,58 @@ def test_prepared_headers_are_reused_but_still_checked(ct: CTSeries) -> None:
     with pytest.raises(ValueError, match="sorted along the slice normal"):
         prepare_sources([headers[1], headers[0], *headers[2:]])
     assert "PixelData" in ct.datasets[0] and "PixelData" not in headers[0]  # the caller's datasets untouched
+
+
+# -- a gantry-tilted series with two slice spacings, referenced as acquired -----------------------
+@pytest.fixture(scope="module")
+def tilted(tilted_series, oracle_segmenter) -> tuple[CTSeries, Prediction]:
+    series = read_series(tilted_series.paths)
+    return series, oracle_segmenter.predict_series(series)
+
+
+def _frames(seg: pydicom.Dataset) -> list[tuple[str, pydicom.Dataset]]:
+    return [(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID, item)
+            for item in seg.PerFrameFunctionalGroupsSequence]
+
+
+def test_seg_of_a_tilted_series_with_two_spacings(
+    tilted, tmp_path: Path, dciodvfy: Callable[[Path], list[str]]
+) -> None:
+    series, prediction = tilted
+    seg = build_seg(series.datasets, prediction)
+    seg.save_as(tmp_path / "seg.dcm")
+    dciodvfy(tmp_path / "seg.dcm")
+    back = hd.seg.segread(tmp_path / "seg.dcm")
+    pixels = back.get_pixels_by_source_instance(series.sop_instance_uids, segment_numbers=[1])
+    np.testing.assert_array_equal(pixels[..., 0].astype(bool), prediction.labels == SDH)
+    # Each frame lies on its source slice, with that slice's own thickness (4 or 7 mm): the
+    # shared functional groups cannot state one thickness for both runs.
+    sources = {ds.SOPInstanceUID: ds for ds in series.datasets}
+    assert "PixelMeasuresSequence" not in back.SharedFunctionalGroupsSequence[0]
+    seen = set()
+    for uid, item in _frames(back):
+        source = sources[uid]
+        assert item.PixelMeasuresSequence[0].SliceThickness == source.SliceThickness
+        assert item.PixelMeasuresSequence[0].PixelSpacing == source.PixelSpacing
+        assert item.PlanePositionSequence[0].ImagePositionPatient == pytest.approx(
+            [float(v) for v in source.ImagePositionPatient])
+        seen.add(float(source.SliceThickness))
+    assert seen == {4.0, 7.0}
+    assert back.get("DimensionOrganizationType") != "3D"  # a sheared, uneven stack is no regular grid
+
+
+def test_missing_slice_thickness_of_a_two_spacing_series_becomes_each_slab(tilted) -> None:
+    series, prediction = tilted
+    sources = [copy.deepcopy(ds) for ds in series.datasets]
+    for ds in sources:
+        del ds.SliceThickness
+    seg = build_seg(sources, prediction)
+    slab = dict(zip(series.sop_instance_uids, series.slab_mm))
+    for uid, item in _frames(seg):
+        assert float(item.PixelMeasuresSequence[0].SliceThickness) == pytest.approx(slab[uid], abs=1e-4)
+
+
+def test_even_series_keeps_one_shared_thickness(seg_file: Path) -> None:
+    seg = hd.seg.segread(seg_file)
+    assert float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness) == 5.0
+    assert all("PixelMeasuresSequence" not in item for item in seg.PerFrameFunctionalGroupsSequence)

@@ -158,7 +158,7 @@ def test_status_sr_from_one_header_without_pixels(
 ) -> None:
     header = copy.deepcopy(ct.datasets[0])
     del header.PixelData
-    reason = {"not_analysed": "gantry tilt of 12 degrees is not supported", "failed": "pixel data undecodable"}[state]
+    reason = {"not_analysed": "gap: 1 slice(s) missing between positions 20.00 and 30.00 mm", "failed": "pixel data undecodable"}[state]
     sr = build_status_sr([header], state=state, reason=reason, model=model)
     sr.save_as(tmp_path / "status.dcm")
     dciodvfy(tmp_path / "status.dcm")
@@ -221,3 +221,25 @@ def test_sr_image_library_lists_every_source_slice_before_the_measurements(posit
     listed = [entry.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
               for group in library.ContentSequence for entry in group.ContentSequence if entry.ValueType == "IMAGE"]
     assert listed == [ds.SOPInstanceUID for ds in ct.datasets]
+
+
+def test_sr_of_a_tilted_series_with_two_spacings(
+    tilted_series, oracle_segmenter, tmp_path: Path, dciodvfy: Callable[[Path], list[str]]
+) -> None:
+    """The report references the slices as acquired and states the volume of their true geometry."""
+    from segmenter.dicom_io import read_series
+
+    series = read_series(tilted_series.paths)
+    prediction = oracle_segmenter.predict_series(series)
+    seg = build_seg(series.datasets, prediction)
+    sr = build_sr(series.datasets, prediction, seg)
+    sr.save_as(tmp_path / "sr.dcm")
+    dciodvfy(tmp_path / "sr.dcm")
+    report = hd.sr.srread(tmp_path / "sr.dcm")
+    evidence = {inst.ReferencedSOPInstanceUID for study in report.CurrentRequestedProcedureEvidenceSequence
+                for series_item in study.ReferencedSeriesSequence for inst in series_item.ReferencedSOPSequence}
+    assert evidence == {*series.sop_instance_uids, seg.SOPInstanceUID}
+    (group,) = report.content.get_volumetric_roi_measurement_groups()
+    (volume,) = group.get_measurements(name=codes.VOLUME)
+    assert volume.value == pytest.approx(prediction.findings["SDH"].volume_ml, abs=1e-3)
+    assert volume.value == pytest.approx(tilted_series.truth_ml, rel=0.03)

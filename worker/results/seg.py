@@ -16,7 +16,7 @@ import pydicom
 from pydicom.tag import Tag
 
 from segmenter.findings import CLASS_NAMES, ModelInfo, Prediction
-from segmenter.geometry import ORIENTATION_TOLERANCE, positions_along_normal, slice_spacing
+from segmenter.geometry import ORIENTATION_TOLERANCE, positions_along_normal, slice_slabs_mm
 
 from . import codes, uids
 from .preview import CLASS_RGB
@@ -62,8 +62,10 @@ def prepare_sources(sources: Sequence[pydicom.Dataset], *, need_geometry: bool =
     The caller's datasets are never modified. Datasets this function returned earlier are
     returned as they are (they are already copies), so callers may prepare once and pass the
     result to several builders; treat them as read-only.  Missing type-2 patient/study attributes are
-    added empty, a missing or empty SliceThickness becomes the slice spacing, and orientation
-    rounding noise is snapped to the first slice's ImageOrientationPatient.
+    added empty, a missing or empty SliceThickness becomes the slab the slice stands for along
+    the normal (the spacing, in an evenly spaced series), and orientation rounding noise is
+    snapped to the first slice's ImageOrientationPatient.  Gantry tilt and uneven spacing are
+    kept as they are: the results reference the slices as acquired.
 
     Parameters
     ----------
@@ -146,10 +148,30 @@ def _normalise_geometry(datasets: list[pydicom.Dataset]) -> None:
             f"{along[k]:.2f} and {along[k + 1]:.2f} mm"
         )
     if len(datasets) > 1:
-        thickness = round(abs(slice_spacing(positions, iops[0])), 4)
-        for ds in datasets:
+        slabs = slice_slabs_mm(positions, iops[0])
+        for ds, slab in zip(datasets, slabs):
             if ds.get("SliceThickness") in (None, ""):
-                ds.SliceThickness = thickness
+                ds.SliceThickness = round(float(slab), 4)
+
+
+def _per_frame_thickness(seg: hd.seg.Segmentation, headers: Sequence[pydicom.Dataset]) -> None:
+    """Move Pixel Measures to each frame when the source slices differ in SliceThickness.
+
+    highdicom copies the first source's SliceThickness into the shared functional groups; in a
+    series with two slice thicknesses (thin through the posterior fossa, thicker above) that
+    would misstate every frame of the other run.
+    """
+    thickness = {str(h.SOPInstanceUID): h.SliceThickness for h in headers}
+    if len({round(float(v), 4) for v in thickness.values()}) < 2:
+        return
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    measures = shared.PixelMeasuresSequence[0]
+    del shared.PixelMeasuresSequence
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        frame = copy.deepcopy(measures)
+        frame.SliceThickness = thickness[str(source)]
+        item.PixelMeasuresSequence = [frame]
 
 
 def check_prediction(prediction: Prediction, sources: Sequence[pydicom.Dataset]) -> None:
@@ -327,5 +349,6 @@ def build_seg(
         type_item.SegmentedPropertyTypeModifierCodeSequence = [
             hd.sr.CodedConcept.from_code(codes.HEMATOMA_TYPE[finding.name])
         ]
+    _per_frame_thickness(seg, headers)
     logger.debug("built SEG with %d segment(s), %d frame(s)", len(present), int(seg.NumberOfFrames))
     return seg

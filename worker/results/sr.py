@@ -284,7 +284,7 @@ def build_status_sr(
         ``"not_analysed"`` or ``"failed"``.
     reason:
         Plain-text reason shown to the reader.  It is stored in the object, so it must hold
-        no patient information (say "gantry tilt 12 degrees", not a file path with a name).
+        no patient information (say "gap: 1 slice(s) missing", not a file path with a name).
     model:
         The algorithm that would have analysed the series.
     series_number:
