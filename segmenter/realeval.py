@@ -7,8 +7,9 @@ Three figures, each through the same ``Segmenter.predict`` and post-processing a
   class; a slice with no EDH/SDH box is a *false call* when it calls either.
 * ``sich-negatives``: the share of slices (spontaneous intraparenchymal bleeds, no dural
   bleed) that call SDH or EDH.
-* ``ge-head-tilt``: the whole series as the node reads it; SDH and EDH volumes and the total
-  volume the network labelled SDH/EDH before the presence rule.
+* ``ge-head-tilt``: the whole series as the node reads it (gantry tilt and two slice
+  spacings); SDH and EDH volumes after post-processing, which is the false-positive volume
+  since the series holds no haematoma.
 
 A 2-D slice has no volume, so a slice *calls* a class when the post-processed label map holds
 at least ``SLICE_CALL_MM2`` of it (``SLICE_THICKNESS_MM`` is the assumed slab, which only
@@ -96,15 +97,16 @@ def evaluate_series(segmenter: Any, folder: str | Path) -> dict[str, Any]:
     """A bleed-free real DICOM series read and analysed as the node does."""
     from .dicom_io import read_series
 
+    from .voxels import mask_ml, voxel_ml
+
     series = read_series(folder)
     pred = segmenter.predict_series(series)
-    voxel_ml = float(np.prod(series.spacing_mm)) / 1000.0
     return {"slices": int(series.volume_hu.shape[0]),
             **{f"{n}_present": bool(pred.findings[n].present) for n in ("SDH", "EDH")},
             **{f"{n}_ml": round(float(pred.findings[n].volume_ml), 2) for n in ("SDH", "EDH")},
             "false_positive_ml": round(sum(float(pred.findings[n].volume_ml) for n in ("SDH", "EDH")), 2),
-            "labelled_voxels": int((pred.labels > 0).sum()),
-            "labelled_ml_nominal": round(float((pred.labels > 0).sum()) * voxel_ml, 2),
+            "tilt_deg": round(float(getattr(series, "tilt_deg", 0.0) or 0.0), 2),
+            "labelled_ml": round(mask_ml(pred.labels > 0, voxel_ml(series.spacing_mm, series.slab_mm)), 2),
             "excluded": pred.excluded}
 
 
