@@ -23,6 +23,7 @@ from pydicom.pixels import apply_rescale
 from pydicom.uid import CTImageStorage, MediaStorageDirectoryStorage
 
 from segmenter import geometry
+from segmenter.hu_check import hu_problem
 from segmenter.dicom_writer import AIR_HU, make_test_series, simple_head_hu, write_ct_series
 
 __all__ = [
@@ -229,6 +230,9 @@ def datasets_to_series(
     order = geometry.sort_order(positions, iop)
     datasets = [datasets[i] for i in order]
     volume = np.stack([slice_hu(ds, _where(ds, i)) for i, ds in zip(order, datasets)])
+    reason = hu_problem(volume)
+    if reason:
+        raise SeriesError(reason)
     dy, dx = (float(v) for v in datasets[0].PixelSpacing)
     first = datasets[0]
     series = CTSeries(
