@@ -8,12 +8,18 @@ dcmtk's Nagle stalls do not distort either side) to
   running, as in production; no analysis: the broker URL points at a closed port);
 * dcmtk ``storescp --fork`` (``TCP_NODELAY=1``), writing plain files, no fsync.
 
+``--receiver`` picks the node's receive path: ``tuned`` (the default, as shipped: pynetdicom
+patched by :mod:`dicom_node.netfast` and :mod:`dicom_node.reactor`) or ``stock`` (pynetdicom as
+released, everything else the same); give it twice to measure both.
+
 Cases: one association with 40 slices, one with 400, and 8 concurrent associations sharing the
 400 slices (8 senders x 50 slices). Each case runs ``--repeats`` times per receiver, interleaved
-node/dcmtk so that both see the same machine load; the median wall time (first sender started to
-last sender finished) gives images/s. Prints a markdown table and writes JSON.
+(every receiver once, then the next repeat) so that all see the same machine load; the median
+wall time (first sender started to last sender finished) gives images/s. Prints a markdown table
+and writes JSON, with the 1-minute load average before every run.
 
-    .venv/bin/python bench/receive.py [--repeats 3] [--json bench/results/receive.json]
+    .venv/bin/python bench/receive.py [--repeats 3] [--receiver stock --receiver tuned]
+                                      [--json bench/results/receive.json]
 """
 from __future__ import annotations
 
@@ -102,7 +108,12 @@ class Receiver:
                       "queue": {"broker_url": f"redis://127.0.0.1:{free_port()}/0"}, "http": {"enabled": False}}
             (self.root / "config.yaml").write_text(yaml.safe_dump(config))
             argv = [str(NODE_EXE), "--config", str(self.root / "config.yaml"), "serve"]
-            if kind == "node-nofsync":
+            if kind == "node-stock":
+                # dicom-node serve with the receiver built by start_receiver(..., tuned=False).
+                argv = [sys.executable, "-c", "import functools, sys; from dicom_node import scp; "
+                        "scp.start_receiver = functools.partial(scp.start_receiver, tuned=False); "
+                        "from dicom_node.cli import main; sys.exit(main(sys.argv[1:]))", *argv[1:]]
+            elif kind == "node-nofsync":
                 # Diagnostic only: the same node with os.fsync a no-op, to show how much of the
                 # node's time is the disk's flush latency rather than the receive path.
                 argv = [sys.executable, "-c", "import os, sys; os.fsync = lambda fd: None; "
@@ -151,58 +162,85 @@ def run_case(receiver: Receiver, folders: list[Path], expected: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--receiver", action="append", choices=["tuned", "stock"],
+                        help="the node's receive path; repeat to measure several (default: tuned)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dural-bench-receive",
                         help="series cache and receiver folders (same disk as a real data_dir)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "receive.json")
     parser.add_argument("--diagnose-fsync", action="store_true",
                         help="also run the node with os.fsync disabled (diagnostic column, never a setting)")
     args = parser.parse_args(argv)
+    receivers = list(dict.fromkeys(args.receiver or ["tuned"]))
     args.work.mkdir(parents=True, exist_ok=True)
     dirs = make_series(args.work)
     load_start = os.getloadavg()
-    kinds = ["node", "dcmtk"] + (["node-nofsync"] if args.diagnose_fsync else [])
+    nodes = ["node" if r == "tuned" else f"node-{r}" for r in receivers]
+    kinds = nodes + ["dcmtk"] + (["node-nofsync"] if args.diagnose_fsync else [])
+    label = {"node": "node (tuned)", "node-stock": "node (stock pynetdicom)", "dcmtk": "dcmtk storescp",
+             "node-nofsync": "node, fsync disabled (diagnostic)"}
     times: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
+    loads: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
     for repeat in range(args.repeats):
         for name, key, senders, count in CASES:
             folders = sorted(dirs[key].iterdir()) if senders > 1 else [dirs[key]]
             for kind in kinds:
+                loads[name][kind].append(round(os.getloadavg()[0], 2))
                 receiver = Receiver(kind, args.work)
                 try:
                     seconds = run_case(receiver, folders, count)
                 finally:
                     receiver.stop()
                 times[name][kind].append(seconds)
-                print(f"run {repeat + 1}: {name}: {kind} {count / seconds:.0f} images/s", file=sys.stderr)
+                print(f"run {repeat + 1}: {name}: {kind} {count / seconds:.0f} images/s "
+                      f"(load {loads[name][kind][-1]})", file=sys.stderr)
     rows, results = [], []
     for name, _, senders, count in CASES:
         rate = {kind: count / statistics.median(times[name][kind]) for kind in kinds}
-        node, ref = rate["node"], rate["dcmtk"]
-        result = {"case": name, "associations": senders, "images": count, "node_images_per_s": round(node, 1),
-                  "dcmtk_images_per_s": round(ref, 1), "ratio": round(node / ref, 3),
-                  "seconds": times[name]}
-        row = f"| {name} | {node:.0f} | {ref:.0f} | {node / ref:.2f} |"
-        if args.diagnose_fsync:
-            result["node_nofsync_images_per_s"] = round(rate["node-nofsync"], 1)
-            row += f" {rate['node-nofsync']:.0f} | {rate['node-nofsync'] / ref:.2f} |"
+        result: dict[str, object] = {"case": name, "associations": senders, "images": count}
+        row = f"| {name} |"
+        for kind in kinds:
+            per_run = sorted(count / t for t in times[name][kind])
+            result[f"{kind.replace('-', '_')}_images_per_s"] = round(rate[kind], 1)
+            result[f"{kind.replace('-', '_')}_images_per_s_runs"] = [round(r, 1) for r in per_run]
+            row += f" {rate[kind]:.0f} ({per_run[0]:.0f}-{per_run[-1]:.0f}) |"
+        if "node-stock" in kinds and "node" in kinds:
+            result["tuned_over_stock"] = round(rate["node"] / rate["node-stock"], 3)
+            row += f" {rate['node'] / rate['node-stock']:.2f} |"
+        for kind in nodes:
+            result[f"{kind.replace('-', '_')}_over_dcmtk"] = round(rate[kind] / rate["dcmtk"], 3)
+            row += f" {rate[kind] / rate['dcmtk']:.2f} |"
+        result["seconds"] = times[name]
+        result["load_average_1min_before_run"] = loads[name]
         results.append(result)
         rows.append(row)
-    header = "| case | node images/s | dcmtk storescp images/s | node/dcmtk |"
-    rule = "|---|---|---|---|"
-    if args.diagnose_fsync:
-        header += " node, fsync disabled (diagnostic) | that/dcmtk |"
-        rule += "---|---|"
+    header = "| case |" + "".join(f" {label[k]} images/s (min-max) |" for k in kinds)
+    if "node-stock" in kinds and "node" in kinds:
+        header += " tuned/stock |"
+    header += "".join(f" {label[k]}/dcmtk |" for k in nodes)
     print(header)
-    print(rule)
+    print("|" + "---|" * header.count(" |"))
     print("\n".join(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "benchmark": "receive", "sender": "dcmtk storescu, TCP_NODELAY=1", "repeats": args.repeats,
         "statistic": "median wall time, first sender start to last sender exit",
         "node": "dicom-node serve (fsync file + folder, ledger commit per instance)",
+        "receivers": {k: label[k] for k in kinds},
         "dcmtk": "storescp --fork, TCP_NODELAY=1, no fsync", "machine": platform.node(),
-        "cpus": os.cpu_count(), "load_average_start": load_start, "load_average_end": os.getloadavg(),
+        "processor": _cpu_model(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+        "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "results": results}, indent=2) + "\n")
     return 0
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 if __name__ == "__main__":

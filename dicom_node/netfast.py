@@ -1,6 +1,11 @@
 """Presentation contexts and receive-path tuning for the pynetdicom acceptor.
 
-Measured on the 2-core machine (bench/receive.py; profile with py-spy and strace):
+The tuning replaces pynetdicom internals, so it holds for :data:`PYNETDICOM_VERSION` only
+(pinned in ``pyproject.toml``; a test fails on any other version). Against stock pynetdicom it
+receives 1.2-1.9x as many images per second (``bench/receive.py --receiver stock --receiver
+tuned``, figures in ``docs/benchmarks.md``); re-measure before moving the pin.
+
+Where the time went (2-core machine, bench/receive.py; profiled with py-spy and strace):
 
 * ``AssociationSocket.recv`` reads in 4 KiB pieces: ~130 ``recv`` calls, each a GIL release and
   re-acquire, per 512x512 CT slice. When associations overlap, every re-acquire can wait for
@@ -41,6 +46,10 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from pynetdicom.utils import make_target
 
 from dicom_node.reactor import EventAssociation, EventDUL
+
+#: The pynetdicom release whose internals :mod:`dicom_node.reactor` copies and this module
+#: subclasses, and against which the tuning was measured.
+PYNETDICOM_VERSION = "3.0.4"
 
 #: Maximum PDU length we announce (bytes); 0 would let a peer send PDUs of any size, which
 #: pynetdicom reads whole into memory, so a large but bounded value.

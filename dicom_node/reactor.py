@@ -4,7 +4,7 @@ Both loops of pynetdicom 3.0.4 poll: the DUL thread sleeps 1 ms whenever it has 
 the association thread sleeps 1 ms before each look at its message queue. A C-STORE crosses three
 such sleeps (message complete -> handler -> response sent -> next request read), ~3 ms per
 instance on the 2-core machine, more than the rest of the receive path. These classes keep
-pynetdicom's loops line for line (copied from 3.0.4, the pinned major version) and replace only
+pynetdicom's loops line for line (copied from 3.0.4, the pinned version) and replace only
 the sleeps: the DUL thread waits on its socket and a wake-up pipe written by ``send_pdu``, the
 association thread on its message queue. They react at once and still wake every millisecond
 for pynetdicom's timers (ARTIM, network idle), as before.

@@ -232,9 +232,13 @@ def make_ae(cfg: Config) -> AE:
     return ae
 
 
-def make_server(cfg: Config, spool: Spool, ledger: Ledger,
-                state: ReceiverState | None = None) -> ThreadedAssociationServer:
-    """Start a non-blocking C-STORE/C-ECHO server; stop it with ``server.shutdown()``."""
+def make_server(cfg: Config, spool: Spool, ledger: Ledger, state: ReceiverState | None = None, *,
+                tuned: bool = True) -> ThreadedAssociationServer:
+    """Start a non-blocking C-STORE/C-ECHO server; stop it with ``server.shutdown()``.
+
+    ``tuned=False`` leaves pynetdicom's receive path as shipped (no :func:`netfast.tune_server`),
+    for measuring what the tuning is worth (``bench/receive.py --receiver stock``).
+    """
     state = state or ReceiverState(cfg.node.min_free_disk_gb)
     handlers = [
         (evt.EVT_C_STORE, handle_store, [spool, ledger, state]),
@@ -245,7 +249,8 @@ def make_server(cfg: Config, spool: Spool, ledger: Ledger,
     ]
     ae = make_ae(cfg)
     server = ae.start_server((cfg.node.bind, cfg.node.port), block=False, evt_handlers=handlers)
-    netfast.tune_server(server)
+    if tuned:
+        netfast.tune_server(server)
     return server
 
 
@@ -288,7 +293,7 @@ class Receiver:
 
 
 def start_receiver(cfg: Config, ledger: Ledger, spool: Spool | None = None,
-                   on_release: Callable[[], None] | None = None) -> Receiver:
+                   on_release: Callable[[], None] | None = None, *, tuned: bool = True) -> Receiver:
     """Prepare the spool (drop partial writes, rescan) and start listening.
 
     Run once at start, before anything else uses the ledger's association records: every
@@ -301,7 +306,7 @@ def start_receiver(cfg: Config, ledger: Ledger, spool: Spool | None = None,
     rescan(spool, ledger)
     state = ReceiverState(cfg.node.min_free_disk_gb, on_release=on_release)
     state.disk_checked(spool.free_gb())
-    server = make_server(cfg, spool, ledger, state)
+    server = make_server(cfg, spool, ledger, state, tuned=tuned)
     logger.info("receiver listening", extra={"ae_title": cfg.node.ae_title, "bind": cfg.node.bind,
                                              "port": server.server_address[1]})
     return Receiver(server=server, spool=spool, state=state)

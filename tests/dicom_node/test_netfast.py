@@ -1,6 +1,10 @@
 """Receive-path tuning: what the acceptor offers, and the hand-encoded C-STORE response."""
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
+import pynetdicom
 import pytest
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
                          ImplicitVRLittleEndian, JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1,
@@ -9,7 +13,23 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from dicom_node.netfast import encode_store_success, storage_contexts, transfer_syntaxes
+from dicom_node.netfast import PYNETDICOM_VERSION, encode_store_success, storage_contexts, transfer_syntaxes
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+REMEASURE = ("dicom_node/netfast.py and dicom_node/reactor.py patch pynetdicom {measured} internals; "
+             "re-measure them against stock pynetdicom (bench/receive.py --receiver stock --receiver tuned, "
+             "docs/benchmarks.md) before moving to {found}, then update netfast.PYNETDICOM_VERSION and the pin")
+
+
+def test_installed_pynetdicom_is_the_version_the_patches_were_measured_on() -> None:
+    assert pynetdicom.__version__ == PYNETDICOM_VERSION, REMEASURE.format(
+        measured=PYNETDICOM_VERSION, found=pynetdicom.__version__)
+
+
+def test_pyproject_pins_that_exact_version() -> None:
+    dependencies = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    pins = [d.split(";")[0].replace(" ", "") for d in dependencies if d.lower().startswith("pynetdicom")]
+    assert pins == [f"pynetdicom=={PYNETDICOM_VERSION}"], REMEASURE.format(measured=PYNETDICOM_VERSION, found=pins)
 
 
 @pytest.mark.parametrize("sop_class", [
