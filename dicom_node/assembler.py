@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from dicom_node.config import Config
 from dicom_node.eligibility import contiguity, evaluate
 from dicom_node.headers import HeaderSummary, read_summary
-from dicom_node.ledger import Job, JobState, Ledger
+from dicom_node.ledger import Assessment, Job, JobState, Ledger
 from dicom_node.logs import short_uid
 
 logger = logging.getLogger(__name__)
@@ -66,11 +66,11 @@ class AssemblyPass:
 def needs_status_report(job: Job) -> bool:
     """Whether a ``not_analysed`` job should get a "not analysed: <reason>" status SR.
 
-    The assembler stores the decision in the job's result as ``{"status_report": bool,
-    "series_kind": ..., "instances": n}``: true for CT image series only, false for non-CT
-    objects and this node's own results (an SR for those would loop through the PACS).
+    The assembler records the decision with the job's assessment (``Job.status_report``): true
+    for CT image series only, false for non-CT objects and this node's own results (an SR for
+    those would loop through the PACS).
     """
-    return job.state == JobState.NOT_ANALYSED and bool((job.result or {}).get("status_report"))
+    return job.state == JobState.NOT_ANALYSED and bool(job.status_report)
 
 
 def job_headers(ledger: Ledger, job_id: int) -> list[HeaderSummary] | None:
@@ -178,8 +178,7 @@ class Assembler:
         moved = self.ledger.transition(
             job.id, JobState.NOT_ANALYSED, reason=verdict.reason, detail=f"complete: {why}; not analysed: "
             f"{verdict.reason}", expect=[JobState.RECEIVED], expect_last_instance_at=job.last_instance_at,
-            result={"status_report": verdict.status_report, "series_kind": verdict.kind.value,
-                    "instances": len(headers)}, now=now)
+            assessment=Assessment(verdict.kind.value, verdict.status_report, len(headers)), now=now)
         if moved:
             logger.info("series not analysed", extra={**log, "reason": verdict.reason, "kind": verdict.kind.value})
         return JobState.NOT_ANALYSED if moved else None

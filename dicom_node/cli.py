@@ -29,20 +29,31 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _common_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("--config", metavar="PATH", default=default,
+                        help="configuration file (default: $DICOM_NODE_CONFIG, else ./config.yaml, "
+                             "else embedded defaults)")
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="log at DEBUG, including pynetdicom (may show PHI)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-node",
         description="PACS-connected DICOM node that segments subdural and epidural hematomas on head CT "
                     "and sends DICOM SEG + TID 1500 SR results back to the PACS. Research use only.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--config", metavar="PATH",
-                        help="configuration file (default: $DICOM_NODE_CONFIG, else ./config.yaml, "
-                             "else embedded defaults)")
-    parser.add_argument("--debug", action="store_true", help="log at DEBUG, including pynetdicom (may show PHI)")
+    _common_options(parser, None)
+    parser.set_defaults(debug=False)
+    # The same options after the command (`dicom-node serve --config x.yaml`). SUPPRESS leaves
+    # the attribute unset when they are not repeated there, so a value given before the command
+    # is not overwritten by the subcommand's default.
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(f"dicom_node.commands.{module_name}")
-        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         module.add_arguments(cmd)
         cmd.set_defaults(_module=module)
     return parser

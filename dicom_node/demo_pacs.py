@@ -7,13 +7,13 @@ syntax pynetdicom knows, answers C-ECHO, and is not meant for anything but the d
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
+from dicom_node.atomic import write_atomic
 from dicom_node.names import STATUS_CANNOT_UNDERSTAND, STATUS_SUCCESS
 from dicom_node.spool import clean_uid
 
@@ -24,10 +24,9 @@ def handle_store(event: Any, folder: Path) -> int:
     """Write the received data set as a DICOM file; never raises."""
     try:
         name = clean_uid(event.request.AffectedSOPInstanceUID, "SOP Instance UID")
-        tmp = folder / f".{name}.part"
-        with open(tmp, "wb") as handle:
-            handle.write(event.encoded_dataset())
-        os.replace(tmp, folder / f"{name}.dcm")
+        data = event.encoded_dataset()
+        # A demo archive: atomic so the demo never lists half a file, not fsynced.
+        write_atomic(folder / f"{name}.dcm", lambda handle: handle.write(data), sync=False)
         return STATUS_SUCCESS
     except Exception:
         logger.exception("demo PACS could not store an instance")

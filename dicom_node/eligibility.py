@@ -43,13 +43,9 @@ from enum import StrEnum
 import numpy as np
 
 from dicom_node.config import SeriesConfig, TextRules
+from dicom_node.contract import CT_FAMILY, CT_IMAGE_STORAGE
 from dicom_node.headers import HeaderSummary
 from segmenter import geometry
-
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
-LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
-CT_FAMILY = frozenset({CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE})
 
 #: SOP classes of the objects this node writes (SEG, SR, SC key images, KOS).
 RESULT_SOP_CLASSES = frozenset({

@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+from dicom_node.atomic import write_json_atomic
 from dicom_node.config import Config
 from dicom_node.ledger import DeliveryState, Job, JobState, Ledger, OPEN_STATES
 from dicom_node.names import NODE_STATE_FILE
@@ -48,11 +49,11 @@ def read_node_state(data_dir: Path) -> dict[str, Any] | None:
 
 
 def write_node_state(data_dir: Path, state: dict[str, Any]) -> None:
-    """Write the state file atomically (temp file + rename), so a reader never sees half of it."""
-    path = data_dir / NODE_STATE_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    """Write the state file atomically, so a reader never sees half of it.
+
+    Not fsynced: it is rewritten every loop pass and describes only the running process.
+    """
+    write_json_atomic(data_dir / NODE_STATE_FILE, state, sync=False)
 
 
 def _pid_alive(pid: object) -> bool:

@@ -11,9 +11,10 @@ Stages and the protocol the scheduler's parts implement::
                                                 status SRs for not_analysed jobs that want one
     sender     sender.run_once(now)             the durable outbox: C-STORE results, retry, dead-letter
 
-The submitter and sender come from ``dicom_node.submit.make_submitter(cfg, ledger)`` and
-``dicom_node.sender.make_sender(cfg, ledger)`` (engineer F); while a module is absent the loop
-logs once that the stage is missing and leaves those jobs where they are: nothing is faked.
+The submitter and sender come from ``dicom_node.submit.make_submitter(cfg, ledger, runner)`` and
+``dicom_node.sender.make_sender(cfg, ledger)``. With the embedded queue the submitter runs jobs
+with the ``runner`` the starting command hands in (``worker.embedded.make_runner``): the node
+itself never imports the worker package.
 
 Restart safety: no stage keeps state in memory. After a kill -9 the ledger still says where every
 job is; on start the receiver closes the dead run's associations and records spooled files the
@@ -25,7 +26,6 @@ it is in, then stop the HTTP endpoint and record the stop in the state file.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
@@ -39,6 +39,8 @@ from dicom_node.config import Config
 from dicom_node.httpstatus import StatusServer, status_snapshot, write_node_state
 from dicom_node.ledger import Ledger
 from dicom_node.names import LEDGER_FILE
+from dicom_node.sender import make_sender
+from dicom_node.submit import JobRunner, make_submitter
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ LOOP_STALE_S = 120.0
 
 
 class Submitter(Protocol):
-    """Moves ``complete`` jobs into the queue and records what comes back (engineer F)."""
+    """Moves ``complete`` jobs into the queue and records what comes back."""
 
     def run_once(self, ledger: Ledger, now: float) -> object:
         """Submit complete eligible jobs, collect outcomes, resubmit lost ones; never raise for
@@ -63,22 +65,10 @@ class Submitter(Protocol):
 
 
 class Sender(Protocol):
-    """Sends due deliveries of the durable outbox (engineer F)."""
+    """Sends due deliveries of the durable outbox."""
 
     def run_once(self, now: float) -> object:
         """Attempt every due delivery once, recording each attempt in the ledger."""
-
-
-def _optional_stage(module_name: str, factory: str, *args: Any) -> Any:
-    """``module.factory(*args)``, or None when the module is not part of this build yet."""
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise  # the module exists but one of its imports is missing: a real error
-        logger.warning("stage not available: jobs wait in the ledger until it is", extra={"stage_module": module_name})
-        return None
-    return getattr(module, factory)(*args)
 
 
 def _redact(url: str) -> str:
@@ -97,21 +87,21 @@ class Node:
     cfg:
         The validated configuration.
     submitter, sender:
-        Injected stages (tests); by default built from engineer F's modules when present.
+        Injected stages (tests); by default ``make_submitter`` and ``make_sender``.
+    runner:
+        Runs one job in this process, for ``queue.broker_url: embedded``; required there.
     clock:
         Returns the current time for each loop pass.
     """
 
     def __init__(self, cfg: Config, *, submitter: Submitter | None = None, sender: Sender | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 runner: JobRunner | None = None, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.clock = clock
         self.ledger = Ledger(cfg.data_dir / LEDGER_FILE)
         self.assembler = Assembler(cfg, self.ledger)
-        self.submitter = submitter if submitter is not None else _optional_stage(
-            "dicom_node.submit", "make_submitter", cfg, self.ledger)
-        self.sender = sender if sender is not None else _optional_stage(
-            "dicom_node.sender", "make_sender", cfg, self.ledger)
+        self.submitter: Submitter = submitter if submitter is not None else make_submitter(cfg, self.ledger, runner)
+        self.sender: Sender = sender if sender is not None else make_sender(cfg, self.ledger)
         self.receiver: Any = None
         self.http: StatusServer | None = None
         self.started_at = clock()
@@ -125,11 +115,11 @@ class Node:
     def run_once(self, now: float) -> dict[str, Any]:
         """Run each stage once; a stage that raises is logged and the others still run."""
         results: dict[str, Any] = {}
-        stages: list[tuple[str, Callable[[], object]]] = [("assembler", lambda: self.assembler.run_once(now))]
-        if self.submitter is not None:
-            stages.append(("submitter", lambda: self.submitter.run_once(self.ledger, now)))
-        if self.sender is not None:
-            stages.append(("sender", lambda: self.sender.run_once(now)))
+        stages: list[tuple[str, Callable[[], object]]] = [
+            ("assembler", lambda: self.assembler.run_once(now)),
+            ("submitter", lambda: self.submitter.run_once(self.ledger, now)),
+            ("sender", lambda: self.sender.run_once(now)),
+        ]
         for name, call in stages:
             try:
                 results[name] = call()
@@ -160,8 +150,7 @@ class Node:
         logger.info("dicom-node serving", extra={
             "ae_title": self.cfg.node.ae_title, "port": self.receiver.port, "data_dir": str(self.cfg.data_dir),
             "broker": _redact(self.cfg.queue.broker_url), "http_port": self.http.port if self.http else None,
-            "submitter": type(self.submitter).__name__ if self.submitter else "none",
-            "sender": type(self.sender).__name__ if self.sender else "none"})
+            "submitter": type(self.submitter).__name__, "sender": type(self.sender).__name__})
 
     def wake(self) -> None:
         """Run the next pass now (an association was released: a series may be complete)."""
@@ -224,8 +213,7 @@ class Node:
         elif self.receiver.status().get("low_disk"):
             problems.append("low disk: refusing instances (node.min_free_disk_gb)")
         problems += [f"stage {name} failing: {error}" for name, error in sorted(self.stage_errors.items())]
-        if self.submitter is not None:
-            problems += self.submitter.health(now)
+        problems += self.submitter.health(now)
         return problems
 
     def status(self) -> dict[str, Any]:
@@ -242,8 +230,7 @@ class Node:
         state = {"pid": os.getpid(), "started_at": self.started_at, "updated_at": now,
                  "stopped_at": now if stopped else None, "last_pass_at": self.last_pass_at,
                  "receiver": self.receiver.status() if self.receiver is not None else None,
-                 "stages": {"submitter": type(self.submitter).__name__ if self.submitter else "absent",
-                            "sender": type(self.sender).__name__ if self.sender else "absent",
+                 "stages": {"submitter": type(self.submitter).__name__, "sender": type(self.sender).__name__,
                             **{f"{k}_error": v for k, v in self.stage_errors.items()}},
                  "problems": self.health() if not stopped else []}
         try:

@@ -42,9 +42,9 @@ def backoff_s(attempt: int, dest: Destination, rng: random.Random) -> float:
     return delay * (0.5 + 0.5 * rng.random())
 
 
-def files_for(result: dict[str, Any] | None, dest: Destination) -> list[dict[str, Any]]:
+def files_for(files: list[dict[str, Any]] | None, dest: Destination) -> list[dict[str, Any]]:
     """The result files of a job that ``dest`` wants (``destination.send``)."""
-    return [f for f in (result or {}).get("files", []) if f.get("type") in dest.send]
+    return [f for f in files or [] if f.get("type") in dest.send]
 
 
 def scu_send(dest: Destination, paths: Sequence[Path], calling_ae: str) -> list[int | None]:
@@ -139,7 +139,7 @@ class Sender:
                                                                              "destination": delivery.destination})
             return False
         job = self.ledger.job(delivery.job_id)
-        files = files_for(job.result, dest)
+        files = files_for(job.files, dest)
         log = {"job": job.id, "destination": dest.name, "files": len(files), "attempt": delivery.attempts + 1}
         error: str | None = None
         started = time.time()

@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Union
 
+from dicom_node.atomic import fsync_dir
 from dicom_node.names import DICOM_SUFFIX, SPOOL_DIR, TMP_DIR
 
 logger = logging.getLogger(__name__)
@@ -54,14 +55,6 @@ def clean_uid(value: object, what: str = "UID") -> str:
     return text
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _GroupSync:
     """Folder fsync with group commit: one fsync covers every rename made before it started.
 
@@ -87,7 +80,7 @@ class _GroupSync:
                 try:
                     self._cond.release()
                     try:
-                        _fsync_dir(folder)
+                        fsync_dir(folder)
                     finally:
                         self._cond.acquire()
                 finally:
@@ -134,7 +127,7 @@ class Spool:
                 folder.mkdir()
             except FileExistsError:
                 continue  # another association created it first; its creator fsyncs the parent
-            _fsync_dir(folder.parent)
+            fsync_dir(folder.parent)
 
     # -- writing -------------------------------------------------------------------------
     def put_file(self, study_uid: str, series_uid: str, sop_uid: str, data: Payload) -> Path:
@@ -193,7 +186,7 @@ class Spool:
                 os.unlink(entry.path)
                 removed += 1
         if removed:
-            _fsync_dir(self.tmp_dir)
+            fsync_dir(self.tmp_dir)
             logger.warning("removed partial writes from an earlier run", extra={"count": removed})
         return removed
 

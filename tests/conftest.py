@@ -9,7 +9,6 @@ import math
 import os
 import shutil
 import subprocess
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -18,14 +17,10 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from tests import helpers
+
 #: Where the console scripts of this virtualenv live (dicom-node, dciodvfy, ...).
 VENV_BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _find_tool(name: str) -> str:
@@ -53,7 +48,7 @@ def _find_dcmtk(name: str) -> str:
 @pytest.fixture
 def free_port() -> Callable[[], int]:
     """``free_port()`` returns a TCP port free on 127.0.0.1 right now."""
-    return _free_port
+    return helpers.free_port
 
 
 @pytest.fixture(scope="session")

@@ -1,55 +1,18 @@
 """The Celery application, built from the typed config; no task code lives here.
 
-Delivery guarantees come from the broker settings below, not from Celery's result backend: a
-worker writes its outcome into ``results/<job id>/`` on the shared ``data_dir`` and the node,
-which owns the ledger, reads it from there. So there is no result backend at all.
+Delivery guarantees come from the broker settings (``dicom_node.contract.broker_options``, shared
+with the node's publisher) and the acknowledgement settings below, not from Celery's result
+backend: a worker writes its outcome into ``results/<job id>/`` on the shared ``data_dir`` and the
+node, which owns the ledger, reads it from there. So there is no result backend at all.
 """
 from __future__ import annotations
 
-from typing import Any
-
 from celery import Celery
-from kombu import Queue
 
 from dicom_node.config import Config
+from dicom_node.contract import broker_options
 
-__all__ = ["LANES", "TASK_NAME", "broker_options", "make_celery"]
-
-#: Queue lanes, most urgent first. A worker consumes them in this order (strictly: see
-#: ``queue_order_strategy`` below), which is more predictable than Redis message priorities.
-LANES = ("stat", "routine", "batch")
-#: The node submits by this name and never imports the worker package.
-TASK_NAME = "worker.tasks.segment_series"
-
-
-def broker_options(cfg: Config) -> dict[str, Any]:
-    """Celery settings shared by the node's publisher and the workers.
-
-    ``visibility_timeout`` must exceed the worst-case wait plus run time: with ``acks_late`` an
-    unacknowledged message older than this is handed to a second worker. ``priority`` keeps the
-    lane order on every poll; kombu's default ``round_robin`` would rotate it for fairness and
-    let a batch backlog delay a stat series.
-    """
-    return {
-        "broker_url": cfg.queue.broker_url,
-        "broker_transport_options": {
-            "visibility_timeout": cfg.queue.visibility_timeout_s,
-            "queue_order_strategy": "priority",
-            "socket_connect_timeout": 5,
-            "socket_timeout": 30,
-        },
-        "broker_connection_retry_on_startup": True,
-        "task_queues": [Queue(lane, routing_key=lane) for lane in LANES],
-        "task_default_queue": LANES[0],
-        "task_serializer": "json",
-        "accept_content": ["json"],
-        "task_ignore_result": True,
-        "result_backend": None,
-        # The node's loop must not hang on a dead broker: fail the publish fast and retry the
-        # submission on its next pass instead.
-        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
-                                      "interval_max": 1},
-    }
+__all__ = ["make_celery"]
 
 
 def make_celery(cfg: Config, *, register: bool = True) -> Celery:

@@ -12,15 +12,18 @@ import logging
 import os
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import pydicom
 
+from dicom_node.atomic import write_atomic
 from dicom_node.config import Config
+from dicom_node.contract import (
+    CT_FAMILY, Manifest, Outcome, heartbeat, job_dir, read_manifest, read_outcome, write_outcome,
+)
 from dicom_node.logs import short_uid
-from dicom_node.names import OUTCOME_FILE
-from worker.manifest import FORMAT, Manifest, heartbeat, job_dir, read_manifest, read_outcome, write_atomic, write_json_atomic
 
 __all__ = ["PREVIEW_FILE", "analyse_series", "run_job"]
 
@@ -33,7 +36,6 @@ PREVIEW_FILE = "preview.png"
 MAX_KEY_IMAGES = 8
 #: Reasons end up in a DICOM report and the ledger; keep them readable and bounded.
 _MAX_REASON = 400
-CT_CLASSES = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
 
 SegmenterSource = Any  # a loaded Segmenter, or a zero-argument callable returning one
 
@@ -47,7 +49,7 @@ def _save(ds: pydicom.Dataset, path: Path) -> None:
     """Write a DICOM file via a temporary name, fsynced, so a reader never sees half of it.
 
     The folder is not fsynced here: ``outcome.json`` is written last into the same folder by
-    ``write_json_atomic``, whose folder fsync makes these earlier renames durable as well, and
+    ``write_outcome``, whose folder fsync makes these earlier renames durable as well, and
     nothing reads the objects before the outcome exists.
     """
     write_atomic(path, lambda handle: ds.save_as(handle, enforce_file_format=True), sync_folder=False)
@@ -61,7 +63,7 @@ def _ct_headers(paths: Sequence[Path]) -> list[pydicom.Dataset]:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:
             continue
-        if str(ds.get("SOPClassUID", "")) in CT_CLASSES or ds.get("Modality") == "CT":
+        if str(ds.get("SOPClassUID", "")) in CT_FAMILY or ds.get("Modality") == "CT":
             headers.append(ds)
     return headers
 
@@ -90,17 +92,16 @@ class _Run:
 
     def outcome(self, state: str, *, reason: str | None = None, fail_stage: str | None = None,
                 findings: dict[str, Any] | None = None, model: dict[str, Any] | None = None,
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                **extra: Any) -> Outcome:
         self.timings["total"] = round(sum(v for k, v in self.timings.items() if k != "total"), 4)
-        return {"format": FORMAT, "state": state, "reason": reason, "fail_stage": fail_stage,
-                "findings": findings or {}, "model": model, "files": self.files, "timings": self.timings,
-                "started_at": self.started, "finished_at": time.time(),
-                "worker": f"{socket.gethostname()}:{os.getpid()}", **(extra or {})}
+        return Outcome(state=state, reason=reason, fail_stage=fail_stage, findings=findings or {}, model=model,
+                       files=tuple(self.files), timings=dict(self.timings), started_at=self.started,
+                       finished_at=time.time(), worker=f"{socket.gethostname()}:{os.getpid()}", **extra)
 
 
 def _status(run: _Run, cfg: Config, sources: Sequence[Path], state: str, reason: str,
             fail_stage: str | None, headers: Sequence[pydicom.Dataset] | None = None,
-            model: Any = None) -> dict[str, Any]:
+            model: Any = None) -> Outcome:
     """Outcome for a series without a result, with a status SR when a CT header is readable."""
     from worker.model_cache import fallback_model_info
     from worker.results.sr import build_status_sr
@@ -146,8 +147,16 @@ def analyse_series(sources: Sequence[Path], folder: Path, cfg: Config, segmenter
     Returns
     -------
     dict
-        The outcome (see ``worker.manifest``); never raises for a bad series or model.
+        The outcome document (``dicom_node.contract.Outcome.to_dict``); never raises for a bad
+        series or model.
     """
+    return _analyse(sources, folder, cfg, segmenter, rel_to=rel_to, mode=mode, state=state, reason=reason,
+                    fail_stage=fail_stage, preview=preview).to_dict()
+
+
+def _analyse(sources: Sequence[Path], folder: Path, cfg: Config, segmenter: SegmenterSource, *,
+             rel_to: Path, mode: str = "analyse", state: str | None = None, reason: str | None = None,
+             fail_stage: str | None = None, preview: bool = True) -> Outcome:
     folder.mkdir(parents=True, exist_ok=True)
     run = _Run(folder, rel_to)
     if mode == "report":
@@ -192,10 +201,10 @@ def analyse_series(sources: Sequence[Path], folder: Path, cfg: Config, segmenter
     findings = {name: f.to_dict() for name, f in prediction.findings.items()}
     # Components the decision rule removed (e.g. a hyperdense blob away from the skull, not an
     # EDH): kept in the outcome so a reviewer can see what the model saw and why it is not reported.
-    extra = {"inference_timings": dict(prediction.timings_s), "excluded_components": list(prediction.excluded)}
-    if (folder / PREVIEW_FILE).is_file():
-        extra["preview"] = os.path.relpath(folder / PREVIEW_FILE, rel_to)
-    return run.outcome("done", findings=findings, model=prediction.model.to_dict(), extra=extra)
+    shown = os.path.relpath(folder / PREVIEW_FILE, rel_to) if (folder / PREVIEW_FILE).is_file() else None
+    return run.outcome("done", findings=findings, model=prediction.model.to_dict(),
+                       inference_timings=dict(prediction.timings_s),
+                       excluded_components=tuple(dict(e) for e in prediction.excluded), preview=shown)
 
 
 def _build(run: _Run, sources: list[pydicom.Dataset], prediction: Any, preview: bool) -> None:
@@ -247,7 +256,7 @@ def run_job(manifest_path: str | Path, data_dir: str | Path, cfg: Config,
 
     Raises
     ------
-    worker.manifest.ManifestError
+    dicom_node.contract.ManifestError
         When the manifest cannot be read: there is no job to report on.
     """
     data_dir = Path(data_dir)
@@ -257,19 +266,19 @@ def run_job(manifest_path: str | Path, data_dir: str | Path, cfg: Config,
     existing = read_outcome(folder, manifest)
     if existing is not None:
         logger.info("job already has an outcome; not run again", extra={"job": manifest.job_id})
-        return existing
+        return existing.to_dict()
     sources = [data_dir / p for p in manifest.instances]
     log = {"job": manifest.job_id, "series": short_uid(manifest.series_uid), "mode": manifest.mode}
     logger.info("job started", extra=log)
     with heartbeat(folder):
-        outcome = analyse_series(sources, folder, cfg, segmenter, rel_to=data_dir, mode=manifest.mode,
-                                 state=manifest.state, reason=manifest.reason, fail_stage=manifest.fail_stage,
-                                 preview=cfg.results.preview_png)
-    outcome.update(job_id=manifest.job_id, manifest_digest=manifest.digest)
-    write_json_atomic(folder / OUTCOME_FILE, outcome)
-    logger.info("job finished", extra={**log, "state": outcome["state"], "fail_stage": outcome["fail_stage"],
-                                       "files": len(outcome["files"]), "seconds": outcome["timings"]["total"]})
-    return outcome
+        outcome = _analyse(sources, folder, cfg, segmenter, rel_to=data_dir, mode=manifest.mode,
+                           state=manifest.state, reason=manifest.reason, fail_stage=manifest.fail_stage,
+                           preview=cfg.results.preview_png)
+    outcome = replace(outcome, job_id=manifest.job_id, manifest_digest=manifest.digest)
+    write_outcome(folder, outcome)
+    logger.info("job finished", extra={**log, "state": outcome.state, "fail_stage": outcome.fail_stage,
+                                       "files": len(outcome.files), "seconds": outcome.timings["total"]})
+    return outcome.to_dict()
 
 
 def failed_outcome(manifest_path: str | Path, data_dir: str | Path, cfg: Config, reason: str,
@@ -285,10 +294,10 @@ def failed_outcome(manifest_path: str | Path, data_dir: str | Path, cfg: Config,
     folder = job_dir(data_dir, manifest.job_id)
     existing = read_outcome(folder, manifest)
     if existing is not None:
-        return existing
+        return existing.to_dict()
     with heartbeat(folder):  # the node looks for an outcome only where a heartbeat is
-        outcome = analyse_series([data_dir / p for p in manifest.instances], folder, cfg, None, rel_to=data_dir,
-                                 mode="report", state="failed", reason=reason, fail_stage=fail_stage)
-    outcome.update(job_id=manifest.job_id, manifest_digest=manifest.digest)
-    write_json_atomic(folder / OUTCOME_FILE, outcome)
-    return outcome
+        outcome = _analyse([data_dir / p for p in manifest.instances], folder, cfg, None, rel_to=data_dir,
+                           mode="report", state="failed", reason=reason, fail_stage=fail_stage)
+    outcome = replace(outcome, job_id=manifest.job_id, manifest_digest=manifest.digest)
+    write_outcome(folder, outcome)
+    return outcome.to_dict()

@@ -12,9 +12,8 @@ from typing import Any
 from celery import Celery, Task
 
 from dicom_node.config import Config
+from dicom_node.contract import TASK_NAME, count_start, job_dir, read_manifest
 from worker import model_cache
-from worker.celery_app import TASK_NAME
-from worker.manifest import count_start, job_dir, read_manifest
 from worker.pipeline import failed_outcome, run_job
 
 __all__ = ["register_tasks"]

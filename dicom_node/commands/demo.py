@@ -89,12 +89,12 @@ def wait_for_job(node: Any, series_uid: str, timeout: float) -> Any:
 
 def _stuck(node: Any, job: Any) -> bool:
     deliveries = node.ledger.deliveries(job.id)
-    finished = job.result is not None and "files" in job.result
-    return finished and (not job.result["files"] or any(d.state == "dead" for d in deliveries))
+    return job.files is not None and (not job.files or any(d.state == "dead" for d in deliveries))
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from dicom_node.commands.process import format_table
+    from dicom_node.commands.serve import embedded_runner
     from dicom_node.demo_pacs import start_demo_pacs
     from dicom_node.node import Node
     from dicom_node.scu import send_files
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     pacs_dest = cfg.destinations[0]
     print(f"dural-node demo in {root}")
     pacs = start_demo_pacs(root / "pacs", pacs_dest.port, pacs_dest.ae_title)
-    node = Node(cfg)
+    node = Node(cfg, runner=embedded_runner(cfg))
     node.start()
     try:
         print(f"  node {cfg.node.ae_title} on 127.0.0.1:{cfg.node.port} (embedded queue), status at "
@@ -125,9 +125,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if job is None:
         print("no job was created for the series; see the node log above", file=sys.stderr)
         return 1
-    result = job.result or {}
+    result = job.worker_outcome or {}
     row = {"folder": f"job {job.id}", "instances": len(files), "state": result.get("state", job.state),
-           "reason": job.reason, "findings": result.get("findings"), "files": result.get("files", [])}
+           "reason": job.reason, "findings": result.get("findings"), "files": job.files or []}
     print("\n" + format_table([row]))
     data_dir = cfg.data_dir
     print(f"\nresult files:  {data_dir / 'results' / str(job.id)}")

@@ -7,19 +7,33 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from dicom_node.config import Config
+
+if TYPE_CHECKING:
+    from dicom_node.submit import JobRunner
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults()
 
 
+def embedded_runner(cfg: Config) -> JobRunner | None:
+    """The in-process job runner for ``queue.broker_url: embedded``; None with a real broker,
+    whose workers run the jobs (the node process then never loads the model code)."""
+    if cfg.queue.broker_url != "embedded":
+        return None
+    from worker.embedded import make_runner
+
+    return make_runner(cfg)
+
+
 def run(args: argparse.Namespace, cfg: Config) -> int:
     from dicom_node.node import Node
 
     try:
-        return Node(cfg).serve_forever()
+        return Node(cfg, runner=embedded_runner(cfg)).serve_forever()
     except OSError as exc:
         # Typically a port in use; exit 1 so that systemd retries (Restart=on-failure).
         print(f"dicom-node: cannot start: {exc.strerror or exc} (node.bind/node.port "

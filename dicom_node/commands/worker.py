@@ -12,8 +12,7 @@ import socket
 import sys
 
 from dicom_node.config import Config
-
-LANES = ("stat", "routine", "batch")
+from dicom_node.contract import LANES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

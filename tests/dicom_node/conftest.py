@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,17 +18,12 @@ import yaml
 from dicom_node.ledger import Ledger
 from dicom_node.names import LEDGER_FILE, SPOOL_DIR, TMP_DIR
 from segmenter.dicom_io import make_test_series
+from tests.helpers import free_port
 
 EXE = Path(sys.executable).parent / "dicom-node"
 #: Identifiers written into every synthetic test instance; none may appear in the node's logs.
 PHI = {"PatientName": "Zyxwert^Quillon", "PatientID": "PID-738291-Q", "AccessionNumber": "ACC99173542",
        "PatientBirthDate": "19310417"}
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Node:
@@ -38,12 +32,12 @@ class Node:
     def __init__(self, root: Path, **node: Any) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.port = _port()
+        self.port = free_port()
         settings = {"ae_title": "DURAL_AI", "bind": "127.0.0.1", "port": self.port, "data_dir": "var",
                     "min_free_disk_gb": 0, **node}
         # A broker nobody listens on: no status-report or analysis work competes with the
         # receiver (the submitter only logs that the queue is unreachable).
-        config = {"node": settings, "http": {"enabled": False}, "queue": {"broker_url": f"redis://127.0.0.1:{_port()}/0"},
+        config = {"node": settings, "http": {"enabled": False}, "queue": {"broker_url": f"redis://127.0.0.1:{free_port()}/0"},
                   # Series complete when their association is released; far too few slices for any
                   # to be analysed keeps the model out of the receiver's tests.
                   "series": {"quiet_seconds": 3600, "min_slices": 100000}, "logging": {"level": "INFO"}}

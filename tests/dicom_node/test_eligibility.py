@@ -7,9 +7,8 @@ import math
 import pytest
 
 from dicom_node.config import SeriesConfig, TextRules
+from dicom_node.contract import CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE
 from dicom_node.eligibility import (
-    CT_IMAGE_STORAGE,
-    ENHANCED_CT_IMAGE_STORAGE,
     OWN_MANUFACTURER,
     SeriesKind,
     classify,

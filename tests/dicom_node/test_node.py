@@ -22,15 +22,10 @@ from dicom_node.ledger import OUTCOME_STATES, JobState, Ledger
 from dicom_node.names import LEDGER_FILE, NODE_STATE_FILE
 from dicom_node.node import Node
 from segmenter.dicom_io import make_test_series
+from tests.helpers import free_port
 
 EXE = Path(sys.executable).parent / "dicom-node"
 FINISHED = {s.value for s in OUTCOME_STATES} | {JobState.DELIVERED.value}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(what: str, predicate, timeout: float = 30.0, every: float = 0.1):
@@ -152,18 +147,6 @@ def test_queue_problems_reach_health_and_status(tmp_path):
     node = Node(cfg, submitter=BrokerDown(), sender=BrokenSender(), clock=lambda: 1_700_000_000.0)
     assert "queue broker unreachable for 100 s: refused" in node.health()
     assert "queue broker unreachable for 100 s: refused" in node.status()["node"]["problems"]
-
-
-def test_missing_stage_module_is_reported_not_faked(tmp_path, caplog, monkeypatch):
-    import dicom_node.node as node_mod
-
-    assert node_mod._optional_stage("dicom_node.no_such_stage", "make", None) is None
-    assert "stage not available" in caplog.text
-    # A present module whose own import is missing is a real error, not an absent stage.
-    (tmp_path / "broken_stage.py").write_text("import no_such_dependency_xyz\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
-        node_mod._optional_stage("broken_stage", "make")
 
 
 # -- the real node ------------------------------------------------------------------------------

@@ -19,14 +19,9 @@ from dicom_node.config import parse_config
 from dicom_node.ledger import DeliveryState, JobState, Ledger
 from dicom_node.sender import STORED_STATUSES, Sender, backoff_s
 from segmenter.dicom_io import make_test_series
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.network
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:

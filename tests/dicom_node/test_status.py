@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -19,18 +18,13 @@ from dicom_node.httpstatus import StatusServer, status_snapshot, write_node_stat
 from dicom_node.ledger import FailStage, JobState, Ledger
 from dicom_node.names import LEDGER_FILE
 from segmenter.dicom_io import make_test_series
+from tests.helpers import free_port
 
 PHI = ("Phantom^Head", "PHANTOM0001", "19600101", "SYN")  # name, ID, birth date, accession prefix
 
 
 #: cli.main installs a handler on the test's captured stderr; conftest removes it afterwards.
 pytestmark = pytest.mark.usefixtures("restore_root_logging")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -16,13 +16,14 @@ import pytest
 import torch
 
 from dicom_node.config import parse_config
-from dicom_node.ledger import DeliveryState, FailStage, JobState, Ledger
+from dicom_node.contract import read_manifest
+from dicom_node.ledger import Assessment, DeliveryState, FailStage, JobState, Ledger
 from dicom_node.names import HEARTBEAT_FILE, LEDGER_FILE
 from dicom_node.submit import BROKER_ALERT_S, CelerySubmitter, EmbeddedSubmitter, make_submitter
 from segmenter.csr_unet import CSRUNet, CSRUNetConfig
 from segmenter.dicom_io import make_test_series
 from segmenter.weights import sha256_file
-from worker.manifest import read_manifest
+from worker.embedded import make_runner
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -46,14 +47,14 @@ def node(tmp_path, tiny_weights):
     return cfg, Ledger(cfg.data_dir / LEDGER_FILE)
 
 
-def add_series(cfg, ledger: Ledger, state: JobState = JobState.COMPLETE, n: int = 12, **result) -> int:
+def add_series(cfg, ledger: Ledger, state: JobState = JobState.COMPLETE, n: int = 12, **assessment) -> int:
     folder = cfg.data_dir / "spool" / f"s{len(ledger.jobs())}"
     for path in make_test_series(folder, n_slices=n, rows=64, cols=64, seed=len(ledger.jobs())):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         ledger.record_instance(ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID, CT, path, None)
     job_id = ledger.jobs()[-1].id
     ledger.transition(job_id, state, reason="too few slices" if state == JobState.NOT_ANALYSED else None,
-                      result=result or None)
+                      assessment=Assessment(**assessment) if assessment else None)
     return job_id
 
 
@@ -75,7 +76,7 @@ def drive(sub, ledger, until, timeout: float = 60.0) -> None:
 
 def test_make_submitter_picks_by_broker(node):
     cfg, ledger = node
-    assert isinstance(make_submitter(cfg), EmbeddedSubmitter)
+    assert isinstance(make_submitter(cfg, runner=make_runner(cfg)), EmbeddedSubmitter)
     redis_cfg = cfg.model_copy(update={"queue": cfg.queue.model_copy(update={"broker_url": "redis://127.0.0.1:1/9"})})
     sub = make_submitter(redis_cfg, ledger)
     assert isinstance(sub, CelerySubmitter)
@@ -85,7 +86,7 @@ def test_make_submitter_picks_by_broker(node):
 def test_embedded_runs_job_records_outcome_and_deliveries(node):
     cfg, ledger = node
     job_id = add_series(cfg, ledger)
-    sub = EmbeddedSubmitter(cfg)
+    sub = EmbeddedSubmitter(cfg, runner=make_runner(cfg))
     try:
         drive(sub, ledger, lambda: ledger.job(job_id).state == JobState.DONE)
     finally:
@@ -108,7 +109,7 @@ def test_restart_finds_queued_job_lost_and_resubmits_then_fails_visibly(node):
     cfg, ledger = node
     job_id = add_series(cfg, ledger)
     ledger.mark_submitted(job_id, "task-of-a-dead-process", "stat")
-    sub = EmbeddedSubmitter(cfg)
+    sub = EmbeddedSubmitter(cfg, runner=make_runner(cfg))
     sub._send = lambda *a: None  # a queue that silently loses everything
     now = time.time()
     sub.run_once(ledger, now)  # first look: missing, within the grace period
@@ -122,7 +123,7 @@ def test_restart_finds_queued_job_lost_and_resubmits_then_fails_visibly(node):
     job = ledger.job(job_id)
     assert job.state == JobState.FAILED and job.fail_stage == FailStage.QUEUE and "lost 2 times" in job.reason
     sub.close()
-    real = EmbeddedSubmitter(cfg)  # the status report goes through a working runner
+    real = EmbeddedSubmitter(cfg, runner=make_runner(cfg))  # the status report goes through a working runner
     try:
         drive(real, ledger, lambda: (ledger.job(job_id).result or {}).get("files"))
     finally:
@@ -141,7 +142,7 @@ def test_stale_heartbeat_requeues_running_job(node):
     folder = cfg.data_dir / "results" / str(job_id)
     folder.mkdir(parents=True)
     (folder / HEARTBEAT_FILE).write_text("host 1")
-    sub = EmbeddedSubmitter(cfg)
+    sub = EmbeddedSubmitter(cfg, runner=make_runner(cfg))
     sub._send = lambda *a: None
     now = time.time()
     assert sub.run_once(ledger, now)["running"] == 1
@@ -157,7 +158,7 @@ def test_stale_heartbeat_requeues_running_job(node):
 def test_not_analysed_gets_status_report_only_when_assembler_says(node, wants, files):
     cfg, ledger = node
     job_id = add_series(cfg, ledger, JobState.NOT_ANALYSED, status_report=wants, series_kind="ct_image")
-    sub = EmbeddedSubmitter(cfg)
+    sub = EmbeddedSubmitter(cfg, runner=make_runner(cfg))
     try:
         drive(sub, ledger, lambda: "files" in (ledger.job(job_id).result or {}))
     finally:
@@ -246,7 +247,7 @@ def test_files_outside_data_dir_fail_visibly(node, tmp_path):
         ledger.record_instance(ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID, CT, path, None)
     job_id = ledger.jobs()[-1].id
     ledger.transition(job_id, JobState.COMPLETE)
-    sub = EmbeddedSubmitter(cfg)
+    sub = EmbeddedSubmitter(cfg, runner=make_runner(cfg))
     try:
         assert sub.run_once(ledger, time.time())["failed"] == 1
         sub.run_once(ledger, time.time())

@@ -29,6 +29,7 @@ import requests
 import yaml
 
 from dicom_node.ledger import Job, Ledger
+from tests.helpers import free_port
 
 BIN = Path(sys.executable).parent
 LUA = """
@@ -38,12 +39,6 @@ function OnStableSeries(seriesId, tags, metadata)
   end
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:

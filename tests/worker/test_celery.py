@@ -21,14 +21,14 @@ import yaml
 
 from dicom_node.commands import worker as worker_command
 from dicom_node.config import parse_config
+from dicom_node.contract import LANES, STARTS_FILE, TASK_NAME
 from dicom_node.ledger import JobState, Ledger
 from dicom_node.names import LEDGER_FILE
 from dicom_node.submit import CelerySubmitter
 from segmenter.csr_unet import CSRUNet, CSRUNetConfig
 from segmenter.dicom_io import make_test_series
 from segmenter.weights import sha256_file
-from worker.celery_app import LANES, TASK_NAME, make_celery
-from worker.manifest import STARTS_FILE
+from worker.celery_app import make_celery
 from worker.tasks import segment
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

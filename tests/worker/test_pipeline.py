@@ -19,13 +19,14 @@ import pydicom
 import pytest
 import torch
 
+from dicom_node.atomic import write_json_atomic
 from dicom_node.config import parse_config
+from dicom_node.contract import Manifest, heartbeat, job_dir, read_outcome
 from dicom_node.names import HEARTBEAT_FILE
 from segmenter.csr_unet import CSRUNet, CSRUNetConfig
 from segmenter.dicom_io import make_test_series
 from segmenter.findings import EDH, SDH, Finding, ModelInfo, Prediction
 from segmenter.weights import sha256_file
-from worker.manifest import Manifest, heartbeat, job_dir, read_outcome, write_json_atomic
 from worker.pipeline import MAX_KEY_IMAGES, PREVIEW_FILE, analyse_series, run_job
 
 MODEL = ModelInfo("planted", "0.0-test", "ab" * 32)

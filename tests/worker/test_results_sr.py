@@ -10,11 +10,12 @@ import highdicom as hd
 import pytest
 from pydicom.uid import Comprehensive3DSRStorage
 
+from dicom_node.triage import triage_category
 from segmenter.dicom_io import CTSeries
 from segmenter.findings import Prediction
 from worker.results import codes
 from worker.results.seg import build_seg
-from worker.results.sr import build_sr, build_status_sr, triage_category
+from worker.results.sr import build_sr, build_status_sr
 
 
 @pytest.fixture(scope="module")

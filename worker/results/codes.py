@@ -100,7 +100,7 @@ LATERALITY_VALUES: dict[str, Code] = {
 PRESENT = codes.SCT.Present  # SCT 52101004
 ABSENT = codes.SCT.Absent  # SCT 272519000
 
-#: Triage category of the whole series; rule in ``worker.results.sr.triage_category``.
+#: Triage category of the whole series; rule in ``dicom_node.triage.triage_category``.
 TRIAGE_CATEGORY = _private("TRIAGE", "AI triage category")
 TRIAGE_VALUES: dict[str, Code] = {
     "critical": _private("CRITICAL", "Critical: meets a surgical size threshold"),

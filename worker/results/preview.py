@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
 
+from dicom_node.atomic import write_atomic
 from segmenter.dicom_io import slice_hu
 from segmenter.findings import CLASS_NAMES, Finding
 
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 #: Text burned into every rendered image, so a screenshot can never pass for a diagnosis.
 BANNER = "AI RESULT - NOT FOR DIAGNOSIS"
-#: (level, width) in HU; FIELD_NOTES section 1 (brain window, level 40, width 80-120).
+#: (level, width) in HU: the usual brain window (level 40, width 80-120).
 BRAIN_WINDOW = (40.0, 80.0)
 #: Orange and azure: distinct for the common colour-vision deficiencies and from grey.
 CLASS_RGB: dict[str, tuple[int, int, int]] = {"SDH": (255, 160, 0), "EDH": (0, 170, 255)}
@@ -211,13 +211,7 @@ def render_preview_png(
     # The legend gets its own strip so that it never hides the anatomy it describes.
     canvas = np.concatenate([_text_strip(row.shape[1], _legend(findings), row.shape[1]), row], axis=0)
     out = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(canvas).save(handle, format="PNG")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Not fsynced: a preview lost in a power cut costs nothing, and the job's outcome is rewritten.
+    write_atomic(out, lambda handle: Image.fromarray(canvas).save(handle, format="PNG"), sync=False)
     logger.debug("wrote preview of slices %d-%d", indices.start, indices.stop - 1)
     return out

@@ -29,8 +29,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SEG_SERIES_NUMBER = 9001
-#: Type 2 Patient and General Study attributes that highdicom reads unconditionally (it raises
-#: AttributeError when one is missing, FIELD_NOTES section 3); empty is a valid type-2 value.
+#: Type 2 Patient and General Study attributes that highdicom 0.28 reads unconditionally (it
+#: raises AttributeError when one is missing); empty is a valid type-2 value.
 _TYPE2_KEYWORDS = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
     "StudyDate", "StudyTime", "ReferringPhysicianName", "AccessionNumber", "StudyID",

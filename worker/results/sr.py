@@ -9,7 +9,7 @@ Content tree of :func:`build_sr` (PS3.16 TID 1500)::
         Measurement Group (TID 1501) "Summary"
           SDH (99DURAL) = Present | Absent          (always, for both classes)
           EDH (99DURAL) = Present | Absent
-          AI triage category (99DURAL) = critical | positive | negative
+          AI triage category (99DURAL) = critical | positive | negative  (dicom_node.triage)
           Comment (text), only when post-processing excluded a component by rule
         Measurement Group (TID 1411) "SDH" / "EDH", one per present class
           Finding Category / Finding: Morphologically Abnormal Structure / Hemorrhage
@@ -27,46 +27,20 @@ from collections.abc import Mapping, Sequence
 import highdicom as hd
 import pydicom
 
+from dicom_node.triage import triage_category
 from segmenter.findings import CLASS_NAMES, Finding, ModelInfo, Prediction
 
 from . import codes, uids
 from .image_library import add_image_library
 from .seg import check_prediction, contributing_equipment, prepare_sources
 
-__all__ = [
-    "EDH_CRITICAL_VOLUME_ML", "SDH_CRITICAL_THICKNESS_MM", "SR_SERIES_NUMBER", "STATUS_SR_SERIES_NUMBER",
-    "build_sr", "build_status_sr", "excluded_comment", "triage_category",
-]  # fmt: skip
+__all__ = ["SR_SERIES_NUMBER", "STATUS_SR_SERIES_NUMBER", "build_sr", "build_status_sr", "excluded_comment"]
 
 logger = logging.getLogger(__name__)
 
 SR_SERIES_NUMBER = 9002
 STATUS_SR_SERIES_NUMBER = 9005
-#: Brain Trauma Foundation surgical thresholds (Bullock et al., "Surgical management of acute
-#: subdural hematomas" and "... epidural hematomas", Neurosurgery 2006;58(3 Suppl):S16-S24,
-#: S7-S15): an acute SDH thicker than 10 mm, or an EDH larger than 30 cm3, should be evacuated
-#: whatever the GCS.  The triage rule uses ">=" so that a borderline case errs towards critical.
-SDH_CRITICAL_THICKNESS_MM = 10.0
-EDH_CRITICAL_VOLUME_ML = 30.0
 STATUS_STATES = ("not_analysed", "failed")
-
-
-def triage_category(findings: Mapping[str, Finding]) -> str:
-    """Series triage category from the findings.
-
-    Returns
-    -------
-    str
-        ``"critical"`` when an SDH is at least :data:`SDH_CRITICAL_THICKNESS_MM` thick or an
-        EDH is at least :data:`EDH_CRITICAL_VOLUME_ML`; otherwise ``"positive"`` when any
-        class is present; otherwise ``"negative"``.
-    """
-    sdh, edh = findings.get("SDH"), findings.get("EDH")
-    if (sdh is not None and sdh.present and sdh.max_thickness_mm >= SDH_CRITICAL_THICKNESS_MM) or (
-        edh is not None and edh.present and edh.volume_ml >= EDH_CRITICAL_VOLUME_ML
-    ):
-        return "critical"
-    return "positive" if any(f.present for f in findings.values()) else "negative"
 
 
 def excluded_comment(excluded: Sequence[Mapping[str, object]]) -> str | None:
@@ -108,8 +82,8 @@ def _volumetric_group(
     finding: Finding, segment_number: int, seg: hd.seg.Segmentation, series_uid: str, model: ModelInfo,
     source: str,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    # Built by hand: ReferencedSegment.from_segmentation crashes on single-segment BINARY SEGs
-    # (highdicom 0.28.2, FIELD_NOTES section 3).
+    # Built by hand: highdicom 0.28.2's ReferencedSegment.from_segmentation crashes on
+    # single-segment BINARY SEGs and on every LABELMAP SEG.
     segment = hd.sr.ReferencedSegment(
         sop_class_uid=seg.SOPClassUID,
         sop_instance_uid=seg.SOPInstanceUID,

@@ -1,0 +1,36 @@
+"""The job ledger: SQLite (WAL) in ``data_dir``, the node's single source of truth.
+
+It records every received instance, every association, every job and every job state change with
+a timestamp, and the per-destination delivery records (the durable outbox). It is the only code
+that changes job state. Its parts, each a mixin over one :class:`~.store.Store`:
+
+=================  ==========================================================================
+``schema``         tables and migrations (``PRAGMA user_version``)
+``records``        ``JobState``, ``FailStage``, ``DeliveryState``, the ``Job`` and ``Delivery`` rows
+``receiving``      associations and instances; one job per series, superseded when it grows
+``jobs``           the forward-only state machine, submissions, status-report bookkeeping
+``deliveries``     the durable outbox
+``header_cache``   header summaries read once per instance
+``reporting``      counts and recent jobs for status
+=================  ==========================================================================
+"""
+from __future__ import annotations
+
+from dicom_node.ledger.deliveries import Deliveries
+from dicom_node.ledger.header_cache import HeaderCache
+from dicom_node.ledger.jobs import Jobs
+from dicom_node.ledger.receiving import Receiving
+from dicom_node.ledger.records import (
+    OPEN_STATES, OUTCOME_STATES, Assessment, Delivery, DeliveryState, FailStage, Job, JobState, TransitionError,
+)
+from dicom_node.ledger.reporting import Reporting
+from dicom_node.ledger.schema import SCHEMA_VERSION, SchemaError
+
+__all__ = [
+    "OPEN_STATES", "OUTCOME_STATES", "SCHEMA_VERSION", "Assessment", "Delivery", "DeliveryState", "FailStage",
+    "Job", "JobState", "Ledger", "SchemaError", "TransitionError",
+]
+
+
+class Ledger(Receiving, Jobs, Deliveries, HeaderCache, Reporting):
+    """Thread-safe access to the ledger database at ``path`` (see the module docstring)."""

@@ -1,0 +1,99 @@
+"""What the receiver records: associations and instances, grouped into one job per series."""
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from dicom_node.ledger.records import OPEN_STATES, DeliveryState, JobState
+from dicom_node.ledger.store import Store
+
+
+class Receiving(Store):
+    """Associations and instances; a new instance opens or joins its series' job."""
+
+    # -- associations ----------------------------------------------------------------------
+    def open_association(self, assoc_id: str, calling_ae: str, now: float | None = None) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO associations(id, calling_ae, opened_at) VALUES (?,?,?)",
+                       (assoc_id, calling_ae, now or time.time()))
+
+    def close_association(self, assoc_id: str, now: float | None = None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE associations SET closed_at=? WHERE id=? AND closed_at IS NULL",
+                       (now or time.time(), assoc_id))
+
+    def close_all_associations(self, now: float | None = None) -> int:
+        """At start-up no association of a previous run can still be open."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE associations SET closed_at=? WHERE closed_at IS NULL", (now or time.time(),))
+            return cur.rowcount
+
+    def open_associations_for_job(self, job_id: int) -> int:
+        row = self._db().execute(
+            "SELECT COUNT(DISTINCT a.id) FROM instances i JOIN associations a ON a.id = i.assoc_id "
+            "WHERE i.job_id=? AND a.closed_at IS NULL", (job_id,)).fetchone()
+        return int(row[0])
+
+    def instances_in_last_association(self, job_id: int) -> int:
+        """How many of the job's instances came on the association that carried its latest one."""
+        row = self._db().execute(
+            "SELECT COUNT(*) FROM instances WHERE job_id=? AND assoc_id = (SELECT assoc_id FROM instances "
+            "WHERE job_id=? ORDER BY received_at DESC LIMIT 1)", (job_id, job_id)).fetchone()
+        return int(row[0])
+
+    # -- instances -------------------------------------------------------------------------
+    def record_instance(self, sop_uid: str, study_uid: str, series_uid: str, sop_class_uid: str,
+                        path: str | Path, assoc_id: str | None, now: float | None = None) -> bool:
+        """Record a spooled instance; returns False when the SOP Instance UID was already known.
+
+        The instance joins the series' open job; when the series' latest job is past
+        ``received`` (complete or later), a new job is opened and the older one is marked as
+        superseded, so the series is re-analysed with all its instances.
+        """
+        now = now or time.time()
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone():
+                return False
+            job_id = self._job_for_new_instance(db, series_uid, study_uid, now)
+            db.execute("INSERT INTO instances VALUES (?,?,?,?,?,?,?,?)",
+                       (sop_uid, series_uid, study_uid, sop_class_uid, str(path), assoc_id, now, job_id))
+            db.execute("UPDATE jobs SET last_instance_at=?, updated_at=? WHERE id=?", (now, now, job_id))
+            # Earlier instances of the series belong to the re-opened job as well.
+            db.execute("UPDATE instances SET job_id=? WHERE series_uid=? AND job_id IS NOT ?",
+                       (job_id, series_uid, job_id))
+            return True
+
+    def _job_for_new_instance(self, db: sqlite3.Connection, series_uid: str, study_uid: str, now: float) -> int:
+        row = db.execute("SELECT id, state FROM jobs WHERE series_uid=? AND state != ? ORDER BY id DESC LIMIT 1",
+                         (series_uid, JobState.SUPERSEDED.value)).fetchone()
+        if row is not None and row["state"] == JobState.RECEIVED:
+            return int(row["id"])
+        cur = db.execute(
+            "INSERT INTO jobs(series_uid, study_uid, state, created_at, updated_at, last_instance_at) "
+            "VALUES (?,?,?,?,?,?)", (series_uid, study_uid, JobState.RECEIVED.value, now, now, now))
+        job_id = int(cur.lastrowid or 0)
+        self._event(db, job_id, JobState.RECEIVED, now, None)
+        if row is not None:
+            previous = int(row["id"])
+            db.execute("UPDATE jobs SET superseded_by=?, updated_at=? WHERE id=?", (job_id, now, previous))
+            if row["state"] in OPEN_STATES:
+                # Its result would be stale; the new job carries the whole series.
+                db.execute("UPDATE jobs SET state=? WHERE id=?", (JobState.SUPERSEDED.value, previous))
+                db.execute("UPDATE deliveries SET state=? WHERE job_id=? AND state=?",
+                           (DeliveryState.DEAD.value, previous, DeliveryState.PENDING.value))
+            self._event(db, previous, JobState.SUPERSEDED, now, f"superseded by job {job_id}")
+        return job_id
+
+    def has_instance(self, sop_uid: str) -> bool:
+        return self._db().execute("SELECT 1 FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone() is not None
+
+    def known_paths(self) -> set[str]:
+        return {r[0] for r in self._db().execute("SELECT path FROM instances")}
+
+    def instance_paths(self, job_id: int) -> list[Path]:
+        rows = self._db().execute("SELECT path FROM instances WHERE job_id=? ORDER BY sop_uid", (job_id,))
+        return [Path(r[0]) for r in rows]
+
+    def instance_count(self, job_id: int) -> int:
+        return int(self._db().execute("SELECT COUNT(*) FROM instances WHERE job_id=?", (job_id,)).fetchone()[0])

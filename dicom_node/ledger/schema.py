@@ -1,0 +1,124 @@
+"""The ledger's tables and their migrations, versioned with ``PRAGMA user_version``.
+
+Version 0 is the layout of ledgers written before the schema carried a version. A new file starts
+there too and runs every migration in order, so a new ledger and an upgraded one always end with
+the same tables. Each migration runs in one transaction with the version bump: a crash leaves
+the old version, never a half-upgraded file. A ledger newer than this code is refused rather
+than written with a layout the code does not know.
+"""
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+
+__all__ = ["SCHEMA_VERSION", "SchemaError", "migrate", "schema_version"]
+
+_V0 = (
+    """CREATE TABLE IF NOT EXISTS associations (
+        id TEXT PRIMARY KEY, calling_ae TEXT, opened_at REAL NOT NULL, closed_at REAL)""",
+    """CREATE TABLE IF NOT EXISTS instances (
+        sop_uid TEXT PRIMARY KEY, series_uid TEXT NOT NULL, study_uid TEXT NOT NULL,
+        sop_class_uid TEXT NOT NULL, path TEXT NOT NULL, assoc_id TEXT, received_at REAL NOT NULL,
+        job_id INTEGER)""",
+    "CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid)",
+    "CREATE INDEX IF NOT EXISTS instances_job ON instances(job_id)",
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, series_uid TEXT NOT NULL, study_uid TEXT NOT NULL,
+        state TEXT NOT NULL, outcome TEXT, fail_stage TEXT, reason TEXT, lane TEXT,
+        submissions INTEGER NOT NULL DEFAULT 0, task_id TEXT, created_at REAL NOT NULL,
+        updated_at REAL NOT NULL, last_instance_at REAL NOT NULL, superseded_by INTEGER,
+        result_json TEXT)""",
+    "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)",
+    "CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series_uid)",
+    """CREATE TABLE IF NOT EXISTS events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL, state TEXT NOT NULL,
+        at REAL NOT NULL, detail TEXT)""",
+    "CREATE INDEX IF NOT EXISTS events_job ON events(job_id)",
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL, destination TEXT NOT NULL,
+        state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL,
+        last_error TEXT, updated_at REAL NOT NULL, UNIQUE(job_id, destination))""",
+    """CREATE TABLE IF NOT EXISTS instance_headers (
+        sop_uid TEXT PRIMARY KEY, read_at REAL NOT NULL, error TEXT, summary_json TEXT NOT NULL)""",
+)
+
+#: Keys of the version-0 ``result_json`` that version 1 gives columns of their own.
+_V0_KEYS = ("series_kind", "status_report", "instances", "files", "report_error")
+
+_V1 = (
+    # The assembler's assessment of a series it did not pass on.
+    "ALTER TABLE jobs ADD COLUMN series_kind TEXT",
+    "ALTER TABLE jobs ADD COLUMN status_report INTEGER",
+    "ALTER TABLE jobs ADD COLUMN assessed_instances INTEGER",
+    # What the worker or the status report produced; NULL files: not settled yet.
+    "ALTER TABLE jobs ADD COLUMN files_json TEXT",
+    "ALTER TABLE jobs ADD COLUMN worker_outcome_json TEXT",
+    "ALTER TABLE jobs ADD COLUMN report_error TEXT",
+    # Status-report tasks sent, so that a lost one is retried a bounded number of times.
+    "ALTER TABLE jobs ADD COLUMN report_attempts INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN report_task_id TEXT",
+    "UPDATE jobs SET series_kind = json_extract(result_json, '$.series_kind'), "
+    "status_report = json_extract(result_json, '$.status_report'), "
+    "assessed_instances = json_extract(result_json, '$.instances'), "
+    "files_json = json_extract(result_json, '$.files'), "
+    "report_error = json_extract(result_json, '$.report_error'), "
+    "worker_outcome_json = NULLIF(json_remove(result_json, "
+    + ", ".join(f"'$.{key}'" for key in _V0_KEYS) + "), '{}') "
+    "WHERE result_json IS NOT NULL",
+    "ALTER TABLE jobs DROP COLUMN result_json",
+)
+
+
+def _statements(statements: Sequence[str]) -> Callable[[sqlite3.Connection], None]:
+    def run(db: sqlite3.Connection) -> None:
+        for statement in statements:
+            db.execute(statement)
+
+    return run
+
+
+#: (version reached, step); applied in order to databases below that version.
+MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
+    (1, _statements(_V1)),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+class SchemaError(RuntimeError):
+    """The ledger file was written by a newer version of the node."""
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(db: sqlite3.Connection, source: str = "ledger") -> int:
+    """Bring the database on ``db`` (autocommit mode) to :data:`SCHEMA_VERSION`.
+
+    Returns
+    -------
+    int
+        The version the database was at before.
+
+    Raises
+    ------
+    SchemaError
+        When the file's version is newer than :data:`SCHEMA_VERSION`.
+    """
+    db.execute("BEGIN IMMEDIATE")  # a second process opening the ledger waits, then finds it current
+    try:
+        before = schema_version(db)
+        if before > SCHEMA_VERSION:
+            raise SchemaError(f"{source}: schema version must be at most {SCHEMA_VERSION}; got {before} "
+                              "(written by a newer dicom-node; upgrade this one)")
+        if before == 0:
+            _statements(_V0)(db)
+        for version, step in MIGRATIONS:
+            if version > before:
+                step(db)
+                db.execute(f"PRAGMA user_version = {int(version)}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return before
