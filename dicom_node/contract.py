@@ -13,8 +13,7 @@ same ``data_dir``) share only what this module defines:
 
 Every path inside the files is relative to ``data_dir``, so the folder may be mounted anywhere
 on a worker host as long as its own config names it. :data:`FORMAT` versions both documents;
-each side refuses another one. Plain standard library apart from :func:`broker_options`, which
-imports kombu when called.
+each side refuses another one. No third-party imports, except kombu inside :func:`broker_options`.
 """
 from __future__ import annotations
 

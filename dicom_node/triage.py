@@ -24,9 +24,14 @@ CATEGORIES = ("critical", "positive", "negative")
 class TriageFinding(Protocol):
     """What the rule reads of one class's finding."""
 
-    present: bool
-    volume_ml: float
-    max_thickness_mm: float
+    @property
+    def present(self) -> bool: ...
+
+    @property
+    def volume_ml(self) -> float: ...
+
+    @property
+    def max_thickness_mm(self) -> float: ...
 
 
 def triage_category(findings: Mapping[str, TriageFinding]) -> str:

@@ -1,8 +1,8 @@
 """The job runner of the embedded queue (``queue.broker_url: embedded``).
 
-``dicom-node serve`` and ``dicom-node demo`` hand :func:`make_runner` to the node, whose embedded
-submitter calls the runner on its own thread for each job: the same ``run_job`` a Celery task
-calls, with the process's cached model. The node itself never imports this package.
+``dicom-node serve`` and ``dicom-node demo`` hand the runner that :func:`make_runner` builds to
+the node; its embedded submitter calls it on its own thread for each job: the same ``run_job`` a
+Celery task calls, with the process's cached model. The node itself never imports this package.
 """
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ class Deliveries(Store):
                            "updated_at) VALUES (?,?,?,?,?)", (job_id, name, DeliveryState.PENDING.value, now, now))
 
     def deliveries(self, job_id: int | None = None, states: Iterable[DeliveryState] | None = None) -> list[Delivery]:
-        query, args = "SELECT * FROM deliveries WHERE 1=1", []
+        query = "SELECT * FROM deliveries WHERE 1=1"
+        args: list[Any] = []
         if job_id is not None:
             query, args = query + " AND job_id=?", [job_id]
         if states is not None:

@@ -246,3 +246,18 @@ def test_threads_share_the_file(ledger):
         t.join()
     assert not errors
     assert sorted(ledger.instance_count(j.id) for j in ledger.jobs()) == [20, 20, 20, 20]
+
+
+def test_status_report_bookkeeping(ledger):
+    job = new_job(ledger)
+    ledger.transition(job, JobState.FAILED, reason="why", fail_stage=FailStage.LOAD)
+    assert [j.id for j in ledger.jobs_awaiting_report([JobState.FAILED])] == [job]
+    assert ledger.report_requested(job, "r1") == 1 and ledger.report_requested(job, "r2") == 2
+    got = ledger.job(job)
+    assert (got.report_attempts, got.report_task_id, got.files) == (2, "r2", None)
+    files = [{"type": "sr", "path": "results/1/status_failed.dcm"}]
+    ledger.settle_report(job, files, outcome={"state": "failed", "files": files, "worker": "h:1"}, detail="report")
+    got = ledger.job(job)
+    assert got.state == JobState.FAILED and got.files == files and got.worker_outcome == {"state": "failed",
+                                                                                          "worker": "h:1"}
+    assert ledger.jobs_awaiting_report([JobState.FAILED]) == [] and ledger.events(job)[-1][2] == "report"

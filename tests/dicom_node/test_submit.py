@@ -83,6 +83,12 @@ def test_make_submitter_picks_by_broker(node):
     sub.close()
 
 
+def test_embedded_queue_needs_a_runner(node):
+    cfg, ledger = node
+    with pytest.raises(ValueError, match="a job runner must be given"):
+        make_submitter(cfg, ledger)
+
+
 def test_embedded_runs_job_records_outcome_and_deliveries(node):
     cfg, ledger = node
     job_id = add_series(cfg, ledger)
