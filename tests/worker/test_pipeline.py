@@ -162,6 +162,28 @@ def test_unusable_series_is_not_analysed_with_reason_and_report(cfg):
     assert b"gap: 1 slice(s) missing" in (cfg.data_dir / outcome["files"][0]["path"]).read_bytes()  # in the SR
 
 
+@pytest.mark.parametrize("field, value, words", [
+    ("PixelRepresentation", 0, "above 4000 HU"),  # signed HU read as unsigned: air at +64536
+    ("RescaleSlope", 0, "almost constant"),  # every pixel maps to the intercept
+])
+def test_broken_pixel_values_are_not_analysed_never_negative(cfg, field, value, words):
+    """A bleed study with broken HU must not come out as a (negative) result."""
+    import pydicom
+
+    rel, paths = make_job(cfg)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        setattr(ds, field, value)
+        ds.save_as(path)
+    planted = Planted()
+    outcome = run_job(rel, cfg.data_dir, cfg, planted)
+    assert outcome["state"] == "not_analysed" and planted.calls == 0
+    assert words in outcome["reason"] and "RescaleSlope" in outcome["reason"]
+    [report] = outcome["files"]
+    assert report["type"] == "sr" and words.encode() in (cfg.data_dir / report["path"]).read_bytes()
+    assert dciodvfy_errors(cfg.data_dir / report["path"]) == []
+
+
 def test_tilted_series_with_two_spacings_is_analysed(cfg, tmp_path, tilted_series, oracle_segmenter):
     """18.5 degrees of gantry tilt, 4 mm then 7 mm slices: analysed as acquired, every object valid,
     and the planted lesion's volume within 3 % of the truth."""
