@@ -1,7 +1,7 @@
 """CSR-UNet: a U-Net of CSR blocks with spatial attention (BMC Med Imaging 2024;24:285).
 
 The paper does not publish depth, widths or where the attention sits; the defaults here are
-the "paper-style" reading in FIELD_NOTES section 1 (base width 64, SE ratio 16, four encoder
+a common reading of the paper (base width 64, SE ratio 16, four encoder
 levels, spatial attention at the bottleneck). Every choice is a constructor argument.
 """
 from __future__ import annotations

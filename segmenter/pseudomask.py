@@ -24,8 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from .findings import BACKGROUND, EDH, SDH
-from .skull import intracranial_cavity, keep_large
-from .realslices import SATURATED_GREY, ASSUMED_WINDOW, RealSlice
+from .realslices import ASSUMED_WINDOW, RealSlice, brain_grey, skull_and_cavity
 
 #: Label of pixels that carry no supervision (the loss skips them).
 IGNORE = 255
@@ -33,34 +32,12 @@ IGNORE = 255
 BLOOD_ABOVE_BRAIN_HU = 14.0
 #: Largest gap between a kept part and the saturated bone, in pixels.
 TABLE_CONTACT_PX = 3
-#: Smallest saturated component that counts as skull (pixels); drops stray bright pixels.
-MIN_BONE_PX = 150
 #: 3x3 opening steps: parts thinner than 2 * steps + 1 pixels are dropped (partial-volume rim).
 OPENING_STEPS = 2
 #: Pixels a box is grown by on each side (boxes are drawn by hand and may clip a crescent).
 BOX_MARGIN_PX = 3
 
 _TYPE_LABEL = {"SDH": SDH, "EDH": EDH}
-
-
-def skull_and_cavity(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(skull, intracranial cavity) boolean masks of an 8-bit brain-windowed slice."""
-    bone = keep_large(grey >= SATURATED_GREY, MIN_BONE_PX)
-    soft = (grey > 0) & (grey < SATURATED_GREY)
-    brain_like = soft & (grey > 70) & (grey < 230)
-    cavity = intracranial_cavity(bone, brain_like, close_px=5)
-    return bone, cavity & soft
-
-
-def brain_grey(grey: np.ndarray, cavity: np.ndarray) -> float:
-    """The most common grey level of soft tissue in the cavity (the brain parenchyma)."""
-    values = grey[cavity]
-    values = values[(values > 40) & (values < 220)]
-    if values.size < 100:
-        return 35.0 * 255.0 / ASSUMED_WINDOW[1]
-    hist = np.bincount(values, minlength=256).astype(float)
-    hist = ndimage.gaussian_filter1d(hist, 2.0)
-    return float(np.argmax(hist))
 
 
 def pseudo_mask(item: RealSlice) -> np.ndarray:

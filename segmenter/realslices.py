@@ -34,6 +34,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from .skull import intracranial_cavity, keep_large
+
 logger = logging.getLogger(__name__)
 
 #: Brain window assumed for 8-bit slices (level, width) in HU.
@@ -47,6 +49,8 @@ MIN_BRAIN_PX = 5000
 SATURATED_GREY = 250
 #: Grey level below which border-connected pixels are air outside the head.
 AIR_GREY = 30
+#: Smallest saturated component that counts as skull (pixels); drops stray bright pixels.
+MIN_BONE_PX = 150
 #: HU given to black pixels (below the window) and to saturated ones (above it).
 BELOW_WINDOW_HU = -1000.0
 SATURATED_HU = 1000.0
@@ -91,14 +95,32 @@ class RealSlice:
 
 def estimated_level(grey: np.ndarray) -> float:
     """Window level (HU) of an 8-bit brain-windowed slice, from its brain's grey level."""
-    from .pseudomask import brain_grey, skull_and_cavity
-
     level, width = ASSUMED_WINDOW
     cavity = skull_and_cavity(grey)[1]
     if cavity.sum() < MIN_BRAIN_PX:
         return level
     brain_hu = level - width / 2.0 + brain_grey(grey, cavity) * width / 255.0
     return level + float(np.clip(BRAIN_HU - brain_hu, -MAX_LEVEL_SHIFT_HU, MAX_LEVEL_SHIFT_HU))
+
+
+def skull_and_cavity(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(skull, intracranial cavity) boolean masks of an 8-bit brain-windowed slice."""
+    bone = keep_large(grey >= SATURATED_GREY, MIN_BONE_PX)
+    soft = (grey > 0) & (grey < SATURATED_GREY)
+    brain_like = soft & (grey > 70) & (grey < 230)
+    cavity = intracranial_cavity(bone, brain_like, close_px=5)
+    return bone, cavity & soft
+
+
+def brain_grey(grey: np.ndarray, cavity: np.ndarray) -> float:
+    """The most common grey level of soft tissue in the cavity (the brain parenchyma)."""
+    values = grey[cavity]
+    values = values[(values > 40) & (values < 220)]
+    if values.size < 100:
+        return (BRAIN_HU - ASSUMED_WINDOW[0] + ASSUMED_WINDOW[1] / 2.0) * 255.0 / ASSUMED_WINDOW[1]
+    hist = np.bincount(values, minlength=256).astype(float)
+    hist = ndimage.gaussian_filter1d(hist, 2.0)
+    return float(np.argmax(hist))
 
 
 def grey_to_hu(grey: np.ndarray, level: float | None = None) -> np.ndarray:

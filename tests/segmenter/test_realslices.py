@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from segmenter.findings import EDH, SDH
-from segmenter.pseudomask import IGNORE, pseudo_mask, skull_and_cavity
+from segmenter.pseudomask import IGNORE, pseudo_mask
+from segmenter.realslices import skull_and_cavity
 from segmenter.realslices import (
     BELOW_WINDOW_HU, SATURATED_HU, RealSlice, estimated_level, grey_to_hu, load_ich_boxes, load_unlabelled,
     parse_yolo,
