@@ -89,6 +89,8 @@ class Job:
         Why a failed or not-analysed job got no status report.
     report_attempts, report_task_id:
         Status-report tasks sent for the job, and the latest one's id.
+    triage:
+        The result's triage category (``dicom_node.triage.CATEGORIES``); None until settled.
     """
 
     id: int
@@ -113,6 +115,7 @@ class Job:
     report_error: str | None = None
     report_attempts: int = 0
     report_task_id: str | None = None
+    triage: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
@@ -149,6 +152,12 @@ def _json(text: str | None) -> Any:
 
 @dataclass(frozen=True)
 class Delivery:
+    """One row of ``deliveries``: a job's result for one destination or notification target.
+
+    ``kind`` is ``dicom`` (C-STORE to ``destinations:``), ``hl7`` or ``webhook`` (``notify:``);
+    ``payload`` is what a notification says, frozen when it was queued.
+    """
+
     id: int
     job_id: int
     destination: str
@@ -157,7 +166,11 @@ class Delivery:
     next_attempt_at: float
     last_error: str | None
     updated_at: float
+    kind: str = "dicom"
+    payload: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Delivery":
-        return cls(**{**dict(row), "state": DeliveryState(row["state"])})
+        data = dict(row)
+        data["payload"] = _json(data.pop("payload_json", None))
+        return cls(**{**data, "state": DeliveryState(row["state"])})

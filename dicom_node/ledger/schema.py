@@ -69,6 +69,19 @@ _V1 = (
 )
 
 
+_V2 = (
+    # Worklist triage (dicom_node.lanes, dicom_node.triage): the lane rules read the called AE
+    # title, and each job keeps the triage category of its result.
+    "ALTER TABLE associations ADD COLUMN called_ae TEXT",
+    "ALTER TABLE jobs ADD COLUMN triage TEXT",
+    # Notifications share the outbox with DICOM destinations. ``kind`` says which sender
+    # handles a row (dicom, hl7, webhook); ``payload_json`` freezes what a notification says
+    # when it is queued, so every retry sends the same message.
+    "ALTER TABLE deliveries ADD COLUMN kind TEXT NOT NULL DEFAULT 'dicom'",
+    "ALTER TABLE deliveries ADD COLUMN payload_json TEXT",
+)
+
+
 def _statements(statements: Sequence[str]) -> Callable[[sqlite3.Connection], None]:
     def run(db: sqlite3.Connection) -> None:
         for statement in statements:
@@ -80,6 +93,7 @@ def _statements(statements: Sequence[str]) -> Callable[[sqlite3.Connection], Non
 #: (version reached, step); applied in order to databases below that version.
 MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
     (1, _statements(_V1)),
+    (2, _statements(_V2)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
