@@ -34,8 +34,10 @@ import logging
 from dataclasses import dataclass, field
 
 from dicom_node.config import Config
+from dicom_node.contract import LANES
 from dicom_node.eligibility import contiguity, evaluate
 from dicom_node.headers import HeaderSummary, read_summary
+from dicom_node.lanes import SeriesFacts, choose_lane
 from dicom_node.ledger import Assessment, Job, JobState, Ledger
 from dicom_node.logs import short_uid
 
@@ -159,6 +161,20 @@ class Assembler:
             return f"associations released and {len(headers)} slices contiguous"
         return None
 
+    def lane(self, job: Job, headers: list[HeaderSummary], now: float) -> tuple[str, int | None]:
+        """The lane ``triage.rules`` choose for the series, and the index of the deciding rule.
+
+        A lane the job already has (``batch`` for a series that reprocessing retrieves) is kept.
+        """
+        if job.lane in LANES:
+            return str(job.lane), None
+        calling, called = self.ledger.job_ae_titles(job.id)
+        first = next((h for h in headers if not h.error), HeaderSummary(sop_uid=""))
+        facts = SeriesFacts.at(now, calling_ae=calling, called_ae=called, study_description=first.study_description,
+                               series_description=first.series_description, body_part=first.body_part,
+                               station_name=first.station_name)
+        return choose_lane(self.cfg.triage, facts)
+
     def _decide(self, job: Job, now: float) -> JobState | None:
         headers = job_headers(self.ledger, job.id)
         if not headers:
@@ -167,18 +183,20 @@ class Assembler:
         if why is None:
             return None
         verdict = evaluate(headers, self.cfg.series)
-        log = {"job": job.id, "series": short_uid(job.series_uid), "instances": len(headers), "why": why}
+        lane, rule = self.lane(job, headers, now)
+        log = {"job": job.id, "series": short_uid(job.series_uid), "instances": len(headers), "why": why,
+               "lane": lane, "rule": rule}
         if verdict.eligible:
             moved = self.ledger.transition(
-                job.id, JobState.COMPLETE, detail=f"complete: {why}", expect=[JobState.RECEIVED],
-                expect_last_instance_at=job.last_instance_at, now=now)
+                job.id, JobState.COMPLETE, detail=f"complete: {why}; lane {lane}", expect=[JobState.RECEIVED],
+                expect_last_instance_at=job.last_instance_at, now=now, lane=lane)
             if moved:
                 logger.info("series complete", extra=log)
             return JobState.COMPLETE if moved else None
         moved = self.ledger.transition(
             job.id, JobState.NOT_ANALYSED, reason=verdict.reason, detail=f"complete: {why}; not analysed: "
             f"{verdict.reason}", expect=[JobState.RECEIVED], expect_last_instance_at=job.last_instance_at,
-            assessment=Assessment(verdict.kind.value, verdict.status_report, len(headers)), now=now)
+            assessment=Assessment(verdict.kind.value, verdict.status_report, len(headers)), now=now, lane=lane)
         if moved:
             logger.info("series not analysed", extra={**log, "reason": verdict.reason, "kind": verdict.kind.value})
         return JobState.NOT_ANALYSED if moved else None

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dicom_node.worklist_config import NotifyConfig, TriageConfig
+
 ENV_VAR = "DICOM_NODE_CONFIG"
 DEFAULT_CONFIG = Path("config.yaml")
 
@@ -185,6 +187,8 @@ class Config(_Strict):
     results: ResultsConfig = ResultsConfig()
     http: HttpConfig = HttpConfig()
     logging: LoggingConfig = LoggingConfig()
+    triage: TriageConfig = TriageConfig()
+    notify: NotifyConfig = NotifyConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> "Config":

@@ -58,6 +58,7 @@ class HeaderSummary:
     body_part: str = ""
     manufacturer: str = ""
     model_name: str = ""
+    station_name: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form stored in the ledger (tuples become lists)."""
@@ -143,6 +144,7 @@ def summarise(ds: Dataset, sop_uid: str, pixel_length: int | None) -> HeaderSumm
         body_part=_text(ds, "BodyPartExamined"),
         manufacturer=_text(ds, "Manufacturer"),
         model_name=_text(ds, "ManufacturerModelName"),
+        station_name=_text(ds, "StationName"),
     )
 
 

@@ -177,13 +177,21 @@ def handle_echo(event: Event) -> int:
     return STATUS_SUCCESS
 
 
+def called_ae_title(event: Event) -> str:
+    """The Called AE Title the peer asked for (a node that does not insist on its own title
+    accepts others, and lane rules may tell them apart); our own title when unknown."""
+    primitive = getattr(event.assoc.requestor, "primitive", None)
+    called = getattr(primitive, "called_ae_title", None)
+    return str(called).strip() if called else event.assoc.acceptor.ae_title.strip()
+
+
 def handle_accepted(event: Event, ledger: Ledger, state: ReceiverState) -> None:
     assoc_id = uuid.uuid4().hex
     state.assoc_ids[event.assoc] = assoc_id
     calling = event.assoc.requestor.ae_title
     try:
         with state.lock:
-            ledger.open_association(assoc_id, calling)
+            ledger.open_association(assoc_id, calling, called_ae=called_ae_title(event))
     except Exception:  # noqa: BLE001 - the association itself can go on; instances carry the id
         logger.exception("cannot record an association in the ledger", extra={"assoc": assoc_id})
     logger.info("association accepted", extra={"assoc": assoc_id, "calling_ae": calling,

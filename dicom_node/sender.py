@@ -7,6 +7,9 @@ A delivery is marked sent only when every instance got a success status (0x0000,
 warnings B000/B006/B007, which mean "stored"). A failed attempt is retried with exponential
 backoff and jitter (``backoff_base_s`` .. ``backoff_max_s``); after ``max_attempts`` the delivery
 is dead, visible in ``dicom-node status``, and ``dicom-node retry`` requeues it.
+
+HL7 and webhook notifications (``notify:``) are rows of the same outbox with their own kind;
+the same loop sends them through ``dicom_node.notify.send``, one thread per receiver.
 """
 from __future__ import annotations
 
@@ -15,10 +18,11 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from dicom_node.config import Config, Destination
 from dicom_node.ledger import Delivery, Ledger
+from dicom_node.notify.send import notify_once, receiver_for
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +36,15 @@ STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 SendFn = Callable[[Destination, Sequence[Path]], list[int | None]]
 
 
-def backoff_s(attempt: int, dest: Destination, rng: random.Random) -> float:
+class Retrying(Protocol):
+    """The retry plan a DICOM destination and a notification receiver share."""
+
+    max_attempts: int
+    backoff_base_s: float
+    backoff_max_s: float
+
+
+def backoff_s(attempt: int, dest: Retrying, rng: random.Random) -> float:
     """Delay before the next attempt after failed attempt number ``attempt`` (1-based).
 
     Exponential, capped, with jitter in [delay/2, delay] so that many deliveries that failed
@@ -129,7 +141,10 @@ class Sender:
             self.ledger.close()  # this thread's SQLite connection
 
     def attempt(self, delivery: Delivery, now: float | None = None) -> bool:
-        """Send one job's files to one destination once and record the attempt; True when sent."""
+        """Send one job's files to one destination (or one notification) once and record the
+        attempt; True when sent."""
+        if delivery.kind != "dicom":
+            return self._notify(delivery, now)
         try:
             dest = self.cfg.destination(delivery.destination)
         except Exception:
@@ -157,6 +172,29 @@ class Sender:
             self.ledger.delivery_attempted(delivery.id, ok=True, now=now)
             logger.info("results delivered", extra={**log, "seconds": round(time.time() - started, 3)})
             return True
+        return self._failed(delivery, dest, error, log, now)
+
+    def _notify(self, delivery: Delivery, now: float | None) -> bool:
+        """One attempt at an HL7 or webhook notification (``dicom_node.notify.send``)."""
+        result = notify_once(self.cfg, self.ledger, delivery, self.data_dir, now)
+        now = time.time() if now is None else now
+        if result.error is None:
+            self.ledger.delivery_attempted(delivery.id, ok=True, now=now)
+            return True
+        log = {"job": delivery.job_id, "destination": delivery.destination, "attempt": delivery.attempts + 1}
+        try:
+            receiver = receiver_for(self.cfg, delivery.destination)
+        except KeyError:
+            receiver = None
+        if result.permanent or receiver is None:
+            self.ledger.delivery_attempted(delivery.id, ok=False, error=result.error, dead=True, now=now)
+            logger.error("notification dead: retrying cannot help; fix, then `dicom-node retry`",
+                         extra={**log, "error": result.error})
+            return False
+        return self._failed(delivery, receiver, result.error or "", log, now)
+
+    def _failed(self, delivery: Delivery, dest: Retrying, error: str, log: dict[str, Any], now: float) -> bool:
+        """Record a failed attempt: retry after a backoff, or dead after the last attempt."""
         attempt = delivery.attempts + 1
         if attempt >= dest.max_attempts:
             self.ledger.delivery_attempted(delivery.id, ok=False, error=error, dead=True, now=now)

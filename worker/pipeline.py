@@ -191,7 +191,7 @@ def _analyse(sources: Sequence[Path], folder: Path, cfg: Config, segmenter: Segm
                        headers=series.datasets, model=model.info)
     run.lap("inference")
     try:
-        _build(run, series.datasets, prediction, preview)
+        _build(run, series.datasets, prediction, preview, cfg)
     except Exception as exc:
         logger.exception("building the result objects failed")
         run.files.clear()
@@ -207,7 +207,7 @@ def _analyse(sources: Sequence[Path], folder: Path, cfg: Config, segmenter: Segm
                        excluded_components=tuple(dict(e) for e in prediction.excluded), preview=shown)
 
 
-def _build(run: _Run, sources: list[pydicom.Dataset], prediction: Any, preview: bool) -> None:
+def _build(run: _Run, sources: list[pydicom.Dataset], prediction: Any, preview: bool, cfg: Config) -> None:
     from worker.results.keyimages import build_key_images
     from worker.results.preview import render_preview_png
     from worker.results.seg import build_seg, prepare_sources
@@ -215,7 +215,9 @@ def _build(run: _Run, sources: list[pydicom.Dataset], prediction: Any, preview: 
 
     headers = prepare_sources(sources)  # once for SEG and SR (key images need the pixels)
     seg = build_seg(headers, prediction)
-    sr = build_sr(headers, prediction, seg)
+    critical = cfg.triage.critical
+    sr = build_sr(headers, prediction, seg, sdh_thickness_mm=critical.sdh_thickness_mm,
+                  edh_volume_ml=critical.edh_volume_ml)
     keys = build_key_images(sources, prediction, max_images=MAX_KEY_IMAGES)
     run.lap("build")
     if seg is not None:

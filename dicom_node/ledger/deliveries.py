@@ -1,6 +1,7 @@
 """The durable outbox: one delivery per job and destination, with its attempts."""
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -18,6 +19,27 @@ class Deliveries(Store):
             for name in destinations:
                 db.execute("INSERT OR IGNORE INTO deliveries(job_id, destination, state, next_attempt_at, "
                            "updated_at) VALUES (?,?,?,?,?)", (job_id, name, DeliveryState.PENDING.value, now, now))
+
+    def add_notification(self, job_id: int, destination: str, kind: str, payload: dict[str, Any],
+                         now: float | None = None) -> bool:
+        """Queue one notification of a job's result; False when it was queued before (so a
+        result version notifies each receiver once, however often this is called)."""
+        now = now or time.time()
+        with self._tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO deliveries(job_id, destination, state, next_attempt_at, "
+                             "updated_at, kind, payload_json) VALUES (?,?,?,?,?,?,?)",
+                             (job_id, destination, DeliveryState.PENDING.value, now, now, kind,
+                              json.dumps(payload, sort_keys=True)))
+            return cur.rowcount == 1
+
+    def earlier_notifications(self, series_uid: str, destination: str, before_job: int) -> list[Delivery]:
+        """Notifications of earlier results of the series to ``destination`` that were sent or
+        are still to be sent (dead letters excluded), oldest first."""
+        rows = self._db().execute(
+            "SELECT d.* FROM deliveries d JOIN jobs j ON j.id = d.job_id WHERE j.series_uid=? AND d.destination=? "
+            "AND d.job_id<? AND d.state IN (?,?) ORDER BY d.job_id",
+            (series_uid, destination, before_job, DeliveryState.SENT.value, DeliveryState.PENDING.value))
+        return [Delivery.from_row(r) for r in rows]
 
     def deliveries(self, job_id: int | None = None, states: Iterable[DeliveryState] | None = None) -> list[Delivery]:
         query = "SELECT * FROM deliveries WHERE 1=1"

@@ -63,14 +63,15 @@ class Jobs(Store):
                    fail_stage: FailStage | None = None, detail: str | None = None,
                    result: dict[str, Any] | None = None, assessment: Assessment | None = None,
                    expect: Iterable[JobState] | None = None, now: float | None = None,
-                   expect_last_instance_at: float | None = None) -> bool:
+                   expect_last_instance_at: float | None = None, lane: str | None = None) -> bool:
         """Move a job forward to ``state``; returns False (and changes nothing) when the job is
         not in one of ``expect`` (another actor got there first, e.g. it was superseded), or when
         ``expect_last_instance_at`` is given and an instance arrived since (the assembler's
         decision was made on fewer instances than the job now holds).
 
         ``result`` is the worker's outcome document (its ``files`` are what gets delivered);
-        ``assessment`` is the assembler's verdict on a series it does not pass on.
+        ``assessment`` is the assembler's verdict on a series it does not pass on; ``lane`` the
+        queue lane its rules chose.
 
         Raises ``TransitionError`` when the move would go backwards.
         """
@@ -97,6 +98,8 @@ class Jobs(Store):
                 fields["fail_stage"] = FailStage(fail_stage).value
             if result is not None:
                 fields.update(result_columns(result))
+            if lane is not None:
+                fields["lane"] = lane
             if assessment is not None:
                 fields.update(series_kind=assessment.series_kind, status_report=int(assessment.status_report),
                               assessed_instances=assessment.instances)
@@ -128,6 +131,11 @@ class Jobs(Store):
             db.execute("UPDATE jobs SET state=?, updated_at=? WHERE id=? AND state IN (?,?)",
                        (JobState.COMPLETE.value, now, job_id, JobState.QUEUED.value, JobState.RUNNING.value))
             self._event(db, job_id, JobState.COMPLETE, now, f"requeued: {why}")
+
+    def set_triage(self, job_id: int, category: str) -> None:
+        """Record the triage category of the job's result (``dicom_node.triage``)."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET triage=? WHERE id=?", (category, job_id))
 
     # -- status reports of failed and not-analysed jobs ----------------------------------------
     def jobs_awaiting_report(self, states: Iterable[JobState]) -> list[Job]:

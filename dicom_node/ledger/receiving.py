@@ -13,10 +13,11 @@ class Receiving(Store):
     """Associations and instances; a new instance opens or joins its series' job."""
 
     # -- associations ----------------------------------------------------------------------
-    def open_association(self, assoc_id: str, calling_ae: str, now: float | None = None) -> None:
+    def open_association(self, assoc_id: str, calling_ae: str, now: float | None = None, *,
+                         called_ae: str | None = None) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO associations(id, calling_ae, opened_at) VALUES (?,?,?)",
-                       (assoc_id, calling_ae, now or time.time()))
+            db.execute("INSERT OR REPLACE INTO associations(id, calling_ae, opened_at, called_ae) VALUES (?,?,?,?)",
+                       (assoc_id, calling_ae, now or time.time(), called_ae))
 
     def close_association(self, assoc_id: str, now: float | None = None) -> None:
         with self._tx() as db:
@@ -41,6 +42,14 @@ class Receiving(Store):
             "SELECT COUNT(*) FROM instances WHERE job_id=? AND assoc_id = (SELECT assoc_id FROM instances "
             "WHERE job_id=? ORDER BY received_at DESC LIMIT 1)", (job_id, job_id)).fetchone()
         return int(row[0])
+
+    def job_ae_titles(self, job_id: int) -> tuple[str | None, str | None]:
+        """Calling and called AE titles of the association that carried the job's latest instance
+        (``(None, None)`` when it came without one, e.g. from a folder)."""
+        row = self._db().execute(
+            "SELECT a.calling_ae, a.called_ae FROM instances i JOIN associations a ON a.id = i.assoc_id "
+            "WHERE i.job_id=? ORDER BY i.received_at DESC LIMIT 1", (job_id,)).fetchone()
+        return (None, None) if row is None else (row[0], row[1])
 
     # -- instances -------------------------------------------------------------------------
     def record_instance(self, sop_uid: str, study_uid: str, series_uid: str, sop_class_uid: str,

@@ -5,6 +5,7 @@ everything else reads and writes the files of :mod:`dicom_node.contract` and the
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from dicom_node.contract import (
     write_manifest,
 )
 from dicom_node.ledger import Job, Ledger
+from dicom_node.notify.queueing import queue_notifications
+
+logger = logging.getLogger(__name__)
 
 #: A queued task must be missing from the broker for this long (two looks) before it counts as
 #: lost: between BRPOP and the unacked HSET a message is briefly in neither place.
@@ -102,6 +106,14 @@ class SubmitterCore:
         return now - first >= MISSING_GRACE_S
 
     def _deliver(self, job_id: int, files: Any, now: float) -> None:
-        """One delivery per configured destination, when there is anything to send."""
+        """One delivery per configured destination, when there is anything to send, and the
+        result's notifications (``notify:``)."""
         if files:
             self.ledger.add_deliveries(job_id, [d.name for d in self.cfg.destinations], now=now)
+        self._notify(job_id, now)
+
+    def _notify(self, job_id: int, now: float) -> None:
+        try:
+            queue_notifications(self.cfg, self.ledger, job_id, now)
+        except Exception:  # the result stays recorded and delivered; the log says which job went unannounced
+            logger.exception("queueing notifications failed", extra={"job": job_id})

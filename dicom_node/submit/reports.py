@@ -39,6 +39,7 @@ class StatusReports(SubmitterCore):
             logger.error("status report could not be produced", extra={"job": job.id, "attempts": attempt})
             self.ledger.settle_report(job.id, [], error="status report task lost", now=now,
                                       detail=f"status report lost {attempt} times; none sent")
+            self._notify(job.id, now)  # the RIS still hears that there is no result
             return
         task_id = f"job{job.id}-report{attempt + 1}-{uuid.uuid4().hex[:12]}"
         lane = self._lane(job)

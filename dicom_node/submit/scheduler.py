@@ -5,6 +5,7 @@ import logging
 import time
 import uuid
 
+from dicom_node.contract import LANES
 from dicom_node.ledger import FailStage, Job, JobState, Ledger
 from dicom_node.logs import short_uid
 from dicom_node.submit.outcomes import OutcomeCollection
@@ -29,7 +30,8 @@ class Submitter(OutcomeCollection, StatusReports):
         counts = {"recorded": 0, "running": 0, "lost": 0, "submitted": 0, "failed": 0, "reports": 0}
         self._probe(now)
         self._collect(now, counts)
-        for job in self.ledger.jobs([JobState.COMPLETE]):
+        # Most urgent lane first, so that a stat job is published before a backlog of others.
+        for job in sorted(self.ledger.jobs([JobState.COMPLETE]), key=lambda j: LANES.index(self._lane(j))):
             try:
                 self._submit(job, now, counts)
             except Exception:

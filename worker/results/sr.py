@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 import highdicom as hd
 import pydicom
 
-from dicom_node.triage import triage_category
+from dicom_node.triage import EDH_CRITICAL_VOLUME_ML, SDH_CRITICAL_THICKNESS_MM, triage_category
 from segmenter.findings import CLASS_NAMES, Finding, ModelInfo, Prediction
 
 from . import codes, uids
@@ -164,6 +164,8 @@ def build_sr(
     *,
     state: str = "done",
     series_number: int = SR_SERIES_NUMBER,
+    sdh_thickness_mm: float = SDH_CRITICAL_THICKNESS_MM,
+    edh_volume_ml: float = EDH_CRITICAL_VOLUME_ML,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 report of an analysed series.
 
@@ -180,6 +182,8 @@ def build_sr(
         Must be ``"done"``; a series without a result gets :func:`build_status_sr`.
     series_number:
         Series Number of the SR series.
+    sdh_thickness_mm, edh_volume_ml:
+        Critical thresholds of the triage category (``triage.critical`` in the config).
 
     Returns
     -------
@@ -213,7 +217,7 @@ def build_sr(
         )
         for name in CLASS_NAMES.values()
     ]
-    category = triage_category(findings)
+    category = triage_category(findings, sdh_thickness_mm=sdh_thickness_mm, edh_volume_ml=edh_volume_ml)
     evaluations.append(hd.sr.QualitativeEvaluation(codes.TRIAGE_CATEGORY, codes.TRIAGE_VALUES[category]))
     source = uids.source_key(series_uid, [str(h.SOPInstanceUID) for h in headers])
     groups.append(_summary_group(source, model, evaluations, "Summary", excluded_comment(prediction.excluded)))
