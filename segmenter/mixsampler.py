@@ -15,7 +15,7 @@ import torch
 
 from .data import SamplerConfig, SliceBank, sample_batch
 from .findings import EDH, SDH
-from .insertion import insert_lesions
+from .insertion import cavity_map, insert_lesions
 from .preprocess import to_channels
 from .pseudomask import IGNORE
 from .realbank import BackgroundBank, RealBank
@@ -30,6 +30,7 @@ class MixConfig:
     inserted: float = 0.30
     real_dural_fraction: float = 0.6  # real draws that come from slices with an SDH/EDH box
     lesion_fraction: float = 0.8  # background draws that get a lesion (the rest stay negative)
+    rim_fraction: float = 0.6  # negative crops centred on the inner table
 
     def weights(self, available: Sequence[bool]) -> np.ndarray:
         w = np.array([self.phantom, self.real, self.inserted], float) * np.asarray(available, float)
@@ -69,6 +70,11 @@ def augment(hu: torch.Tensor, labels: torch.Tensor, windows: Sequence[str], cfg:
     return x, y
 
 
+def _rim(cmap) -> np.ndarray:
+    """Pixels of the cavity within 3 pixels of the inner table."""
+    return cmap.cavity & (cmap.depth_px <= 3.0)
+
+
 def _real_item(bank: RealBank, c: int, windows: Sequence[str], cfg: SamplerConfig, mix: MixConfig,
                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     dural = np.flatnonzero(bank.dural)
@@ -76,7 +82,12 @@ def _real_item(bank: RealBank, c: int, windows: Sequence[str], cfg: SamplerConfi
     use_dural = len(dural) > 0 and (len(other) == 0 or rng.random() < mix.real_dural_fraction)
     i = int(rng.choice(dural if use_dural else other))
     lab = bank.labels[i]
-    centre = _centre_on(lab, rng) if use_dural and rng.random() < cfg.centre_on_bleed else None
+    if use_dural:
+        centre = _centre_on(lab, rng) if rng.random() < cfg.centre_on_bleed else None
+    elif rng.random() < mix.rim_fraction:
+        centre = _centre_on(torch.from_numpy(_rim(cavity_map(bank.hu[i].numpy()))), rng)
+    else:
+        centre = None
     y0, x0 = _crop_at(lab.shape[-1], c, centre, rng)
     return augment(bank.hu[i, y0:y0 + c, x0:x0 + c], lab[y0:y0 + c, x0:x0 + c], windows, cfg, rng)
 
@@ -85,14 +96,17 @@ def _inserted_item(bank: BackgroundBank, c: int, windows: Sequence[str], cfg: Sa
                    rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     i = int(rng.integers(len(bank)))
     hu = bank.hu[i].numpy()
-    if rng.random() < mix.lesion_fraction:
+    if bank.maps[i].usable and rng.random() < mix.lesion_fraction:
         u = rng.random()
         kinds = (SDH,) if u < 0.4 else (EDH,) if u < 0.8 else (SDH, EDH)
         hu, lab = insert_lesions(hu, bank.maps[i], kinds, rng)
     else:
         lab = np.zeros(hu.shape, np.uint8)
     hu_t, lab_t = torch.from_numpy(np.asarray(hu, np.float32)), torch.from_numpy(lab)
-    centre = _centre_on(lab_t, rng) if rng.random() < cfg.centre_on_bleed else None
+    if lab_t.any():
+        centre = _centre_on(lab_t, rng) if rng.random() < cfg.centre_on_bleed else None
+    else:  # a negative: most crops on the inner table, where false calls come from
+        centre = _centre_on(torch.from_numpy(_rim(bank.maps[i])), rng) if rng.random() < mix.rim_fraction else None
     y0, x0 = _crop_at(hu.shape[-1], c, centre, rng)
     return augment(hu_t[y0:y0 + c, x0:x0 + c], lab_t[y0:y0 + c, x0:x0 + c], windows, cfg, rng)
 

@@ -26,6 +26,10 @@ from .realslices import RealSlice
 logger = logging.getLogger(__name__)
 
 
+#: Fewest intracranial pixels (model scale) for a background slice to be kept at all.
+MIN_NEGATIVE_CAVITY_PX = 1500
+
+
 @dataclass
 class RealBank:
     """Real slices (N, S, S) as int16 HU with uint8 labels (0, 1, 2 or ``IGNORE``)."""
@@ -86,18 +90,22 @@ def build_real_bank(slices: Sequence[RealSlice], size: int) -> RealBank:
 def build_background_bank(slices: Sequence[tuple[str, np.ndarray]], size: int) -> BackgroundBank:
     """Resample (slice id, HU slice) pairs free of SDH/EDH and map their cavities.
 
-    Slices with too little intracranial space to hold a lesion (skull base, vertex) are dropped.
+    Every slice with some intracranial space is kept.  Those with room for a lesion get lesions
+    drawn in; the others (vertex, skull base, where the skull is cut obliquely and its inner
+    table is a wide bright band) are kept as negatives, because that band is what a model
+    trained on drawn lesions would otherwise call a thin SDH.
     """
     hus, maps, ids = [], [], []
     for slice_id, hu in slices:
         small = to_model_scale(hu, None, size)[0].round().clamp(-1024, 3071)
         cmap = cavity_map(small.numpy())
-        if not cmap.usable:
+        if cmap.cavity.sum() < MIN_NEGATIVE_CAVITY_PX:
             continue
         hus.append(small.to(torch.int16))
         maps.append(cmap)
         ids.append(slice_id)
-    logger.info("background bank: %d of %d slices usable", len(ids), len(slices))
+    logger.info("background bank: %d of %d slices kept, %d with room for a lesion", len(ids), len(slices),
+                sum(m.usable for m in maps))
     return BackgroundBank(torch.stack(hus) if hus else torch.zeros((0, size, size), dtype=torch.int16),
                           maps, ids)
 
