@@ -108,6 +108,10 @@ class Destination(_Strict):
     backoff_base_s: float = Field(default=5, gt=0)
     backoff_max_s: float = Field(default=600, gt=0)
     timeout_s: float = Field(default=30, gt=0)
+    #: How ``dicom-node reprocess`` retrieves from this destination when it serves
+    #: query/retrieve: ``move`` (C-MOVE to node.ae_title, C-GET when the PACS refuses) or
+    #: ``get`` (C-GET only, for a PACS that cannot be told about the node).
+    retrieve: Literal["move", "get"] = "move"
 
     _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
 
@@ -168,6 +172,36 @@ class ResultsConfig(_Strict):
     preview_png: bool = False
 
 
+_HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class ReprocessConfig(_Strict):
+    """``dicom-node reprocess``: batch runs over studies already in the PACS."""
+
+    #: Destination queried and retrieved from when ``--source`` is not given (the nightly timer).
+    source: str | None = None
+    #: A run without ``--since`` (the nightly timer) takes studies from this many days back.
+    lookback_days: int = Field(default=1, ge=1)
+    #: Studies whose retrieval may start per minute.
+    studies_per_minute: float = Field(default=10, gt=0)
+    #: Studies retrieved at the same time.
+    max_concurrent_retrieves: int = Field(default=2, ge=1, le=16)
+    #: "HH:MM-HH:MM" (local time, may wrap midnight): a run without ``--since`` starts no
+    #: retrieval outside it and stops there, to go on at the next run. None: any time.
+    hours: str | None = None
+    #: Seconds between looks while stat work waits (retrievals pause meanwhile).
+    stat_poll_s: float = Field(default=5, gt=0)
+    #: How long a run waits for the analyses it queued before it reports them as pending.
+    wait_s: float = Field(default=6 * 3600, ge=0)
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, value: str | None) -> str | None:
+        if value is not None and not _HOURS.match(value):
+            raise ValueError(f"must be HH:MM-HH:MM such as 20:00-06:00; got {value!r}")
+        return value
+
+
 class HttpConfig(_Strict):
     bind: str = "127.0.0.1"
     port: Port = 8080
@@ -189,6 +223,7 @@ class Config(_Strict):
     logging: LoggingConfig = LoggingConfig()
     triage: TriageConfig = TriageConfig()
     notify: NotifyConfig = NotifyConfig()
+    reprocess: ReprocessConfig = ReprocessConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> "Config":
@@ -203,6 +238,9 @@ class Config(_Strict):
                 f"destinations: AE title {self.node.ae_title!r} is the node's own node.ae_title; "
                 "results would be sent to ourselves"
             )
+        if self.reprocess.source is not None and self.reprocess.source not in names:
+            raise ValueError(f"reprocess.source must be one of the names under destinations:; got "
+                             f"{self.reprocess.source!r}")
         return self
 
     def destination(self, name: str) -> Destination:

@@ -12,6 +12,7 @@ that changes job state. Its parts, each a mixin over one :class:`~.store.Store`:
 ``deliveries``     the durable outbox
 ``header_cache``   header summaries read once per instance
 ``reporting``      counts and recent jobs for status
+``reprocessing``   batch reprocessing runs and the progress of each series they found
 =================  ==========================================================================
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dicom_node.ledger.records import (
     OPEN_STATES, OUTCOME_STATES, Assessment, Delivery, DeliveryState, FailStage, Job, JobState, TransitionError,
 )
 from dicom_node.ledger.reporting import Reporting
+from dicom_node.ledger.reprocessing import Reprocessing
 from dicom_node.ledger.schema import SCHEMA_VERSION, SchemaError
 
 __all__ = [
@@ -32,5 +34,5 @@ __all__ = [
 ]
 
 
-class Ledger(Receiving, Jobs, Deliveries, HeaderCache, Reporting):
+class Ledger(Receiving, Jobs, Deliveries, HeaderCache, Reporting, Reprocessing):
     """Thread-safe access to the ledger database at ``path`` (see the module docstring)."""

@@ -78,9 +78,13 @@ class Receiving(Store):
                          (series_uid, JobState.SUPERSEDED.value)).fetchone()
         if row is not None and row["state"] == JobState.RECEIVED:
             return int(row["id"])
+        # A series that `dicom-node reprocess` is retrieving goes to the batch lane, so that it
+        # never delays a series sent by a modality.
+        lane = "batch" if db.execute("SELECT 1 FROM reprocess_series WHERE series_uid=? AND state=?",
+                                     (series_uid, "retrieving")).fetchone() else None
         cur = db.execute(
-            "INSERT INTO jobs(series_uid, study_uid, state, created_at, updated_at, last_instance_at) "
-            "VALUES (?,?,?,?,?,?)", (series_uid, study_uid, JobState.RECEIVED.value, now, now, now))
+            "INSERT INTO jobs(series_uid, study_uid, state, created_at, updated_at, last_instance_at, lane) "
+            "VALUES (?,?,?,?,?,?,?)", (series_uid, study_uid, JobState.RECEIVED.value, now, now, now, lane))
         job_id = int(cur.lastrowid or 0)
         self._event(db, job_id, JobState.RECEIVED, now, None)
         if row is not None:

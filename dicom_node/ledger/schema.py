@@ -82,6 +82,23 @@ _V2 = (
 )
 
 
+_V3 = (
+    # dicom-node reprocess: one row per run (its parameters are its key, so that a rerun after an
+    # interruption finds it) and one per series it found, with that series' progress.
+    """CREATE TABLE reprocess_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, source TEXT NOT NULL,
+        params_json TEXT NOT NULL, state TEXT NOT NULL, studies_done INTEGER NOT NULL DEFAULT 0,
+        started_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL)""",
+    "CREATE INDEX reprocess_runs_key ON reprocess_runs(key)",
+    """CREATE TABLE reprocess_series (
+        run_id INTEGER NOT NULL REFERENCES reprocess_runs(id), series_uid TEXT NOT NULL,
+        study_uid TEXT NOT NULL, ordinal INTEGER NOT NULL, instances INTEGER, action TEXT NOT NULL,
+        state TEXT NOT NULL, reason TEXT, job_id INTEGER, previous_job_id INTEGER, method TEXT,
+        updated_at REAL NOT NULL, PRIMARY KEY (run_id, series_uid))""",
+    "CREATE INDEX reprocess_series_uid ON reprocess_series(series_uid, state)",
+)
+
+
 def _statements(statements: Sequence[str]) -> Callable[[sqlite3.Connection], None]:
     def run(db: sqlite3.Connection) -> None:
         for statement in statements:
@@ -94,6 +111,7 @@ def _statements(statements: Sequence[str]) -> Callable[[sqlite3.Connection], Non
 MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
     (1, _statements(_V1)),
     (2, _statements(_V2)),
+    (3, _statements(_V3)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

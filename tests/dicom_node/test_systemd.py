@@ -94,3 +94,30 @@ def test_systemd_analyze_verify(tmp_path):
     assert proc.returncode == 0, output
     # Unknown keys and bad values are only warnings ("..., ignoring"): treat them as failures.
     assert "ignoring" not in output and "Unknown" not in output and "Invalid" not in output, output
+
+
+def test_reprocess_service_and_timer(tmp_path):
+    service = parse_unit(UNITS / "dicom-node-reprocess.service")
+    timer = parse_unit(UNITS / "dicom-node-reprocess.timer")
+    assert values(service, "Service", "Type") == ["oneshot"]
+    assert values(service, "Service", "ExecStart") == [f"{INSTALLED_VENV}/bin/dicom-node reprocess"]
+    assert "DICOM_NODE_CONFIG=/etc/dicom-node/config.yaml" in values(service, "Service", "Environment")
+    for key in ("User", "ProtectSystem", "ReadWritePaths", "NoNewPrivileges"):
+        assert values(service, "Service", key) == [COMMON[key]], key
+    assert values(timer, "Timer", "OnCalendar") and values(timer, "Timer", "Persistent") == ["true"]
+    assert values(timer, "Install", "WantedBy") == ["timers.target"]
+    from dicom_node.cli import build_parser
+
+    args = build_parser().parse_args(["reprocess"])  # the unit's command line: all from config.yaml
+    assert (args.source, args.since) == (None, None)
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        return  # test_systemd_analyze_verify already insists it is absent
+    venv = Path(sys.executable).parent.parent
+    for name in ("dicom-node.service", "dicom-node-reprocess.service", "dicom-node-reprocess.timer"):
+        (tmp_path / name).write_text((UNITS / name).read_text().replace(INSTALLED_VENV, str(venv)))
+    proc = subprocess.run([tool, "verify", str(tmp_path / "dicom-node-reprocess.service"),
+                           str(tmp_path / "dicom-node-reprocess.timer")], capture_output=True, text=True, timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "ignoring" not in output and "Unknown" not in output and "Invalid" not in output, output

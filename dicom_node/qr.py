@@ -1,0 +1,200 @@
+"""Query/retrieve client (Study Root): C-FIND studies and series, C-MOVE or C-GET one series.
+
+Used by ``dicom-node reprocess``. Identifiers are never logged: they carry names, IDs and
+accession numbers (the CLI also switches pynetdicom's identifier logging off).
+
+C-MOVE asks the PACS to C-STORE the series to an AE title it must know in advance (host and
+port are configured at the PACS); a PACS that does not know it answers 0xA801, which
+:class:`MoveDestinationUnknown` turns into a message saying what to configure there. C-GET needs
+no set-up at the PACS: the instances come back on our own association, for which we offer
+the storage SOP classes in the SCP role (PS3.4 C.4.3, PS3.7 D.3.3.4).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_role, evt
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from dicom_node.contract import CT_FAMILY
+from dicom_node.scu import DeliveryError, Peer, _associate
+
+#: Move destination unknown (PS3.4 C.4.2.1.5): the PACS has no address for the AE title.
+STATUS_MOVE_DESTINATION_UNKNOWN = 0xA801
+#: C-FIND/C-MOVE/C-GET pending statuses (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4).
+PENDING = frozenset({0xFF00, 0xFF01})
+#: Sub-operations complete with one or more failures or warnings (PS3.4 C.4.2.1.5).
+WARNING_SUBOPS = 0xB000
+#: Transfer syntaxes we accept as C-GET storage SCP; a PACS converts to one of them.
+GET_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "AccessionNumber", "ModalitiesInStudy", "StudyDescription")
+SERIES_KEYS = ("SeriesInstanceUID", "Modality", "SeriesDescription", "BodyPartExamined", "SeriesNumber",
+               "NumberOfSeriesRelatedInstances")
+
+
+class QueryError(RuntimeError):
+    """A C-FIND, C-MOVE or C-GET failed; the message says which and with what status."""
+
+
+class MoveDestinationUnknown(QueryError):
+    """The PACS answered 0xA801: it does not know the AE title we asked it to send to."""
+
+    def __init__(self, source: Peer, name: str, move_aet: str, node_port: int) -> None:
+        super().__init__(
+            f"C-MOVE refused by {source.ae_title}@{source.host}:{source.port} with 0xA801 (move destination "
+            f"unknown): the PACS does not know this node's AE title {move_aet!r}. Add it at the PACS as a DICOM "
+            f"node: AE title {move_aet}, this machine's address, port {node_port} (node.port). Until then the "
+            f"series are fetched with C-GET; set retrieve: get on destination {name!r} to skip the C-MOVE.")
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """Sub-operation counts of one retrieve (PS3.4 C.4.2.1.5)."""
+
+    method: str  # "move" or "get"
+    status: int
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (0x0000, WARNING_SUBOPS) and self.failed == 0
+
+
+def dicom_date(day: dt.date) -> str:
+    return day.strftime("%Y%m%d")
+
+
+def _identifier(level: str, keys: tuple[str, ...], **match: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for key in keys:
+        setattr(ds, key, "")
+    for key, value in match.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def _find(src: Peer, calling_ae: str, timeout: float, query: Dataset) -> list[dict[str, Any]]:
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
+    assoc = _associate(ae, src, [build_context(StudyRootQueryRetrieveInformationModelFind)])
+    found: list[dict[str, Any]] = []
+    try:
+        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            if "Status" not in status:
+                raise QueryError(f"{src.ae_title}: no C-FIND response within {timeout:g} s")
+            code = int(status.Status)
+            if code in PENDING and identifier is not None:
+                found.append({key: _value(identifier, key) for key in (*STUDY_KEYS, *SERIES_KEYS)
+                              if key in identifier})
+            elif code != 0x0000:
+                raise QueryError(f"{src.ae_title}: C-FIND failed with status 0x{code:04X}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return found
+
+
+def _value(ds: Dataset, key: str) -> Any:
+    value = ds.get(key)
+    if value is None or value == "":
+        return None
+    if key in ("SeriesNumber", "NumberOfSeriesRelatedInstances"):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+    if key == "ModalitiesInStudy":
+        return [str(v) for v in value] if not isinstance(value, str) else value.split("\\")
+    return str(value)
+
+
+def find_studies(src: Peer, calling_ae: str, *, since: dt.date | None = None, until: dt.date | None = None,
+                 accession: str | None = None, timeout: float = 30) -> list[dict[str, Any]]:
+    """Studies with a CT series in the window (StudyDate range), or the study with ``accession``."""
+    match: dict[str, str] = {}
+    if accession is not None:
+        match["AccessionNumber"] = accession
+    else:
+        match["ModalitiesInStudy"] = "CT"
+        match["StudyDate"] = f"{dicom_date(since) if since else ''}-{dicom_date(until) if until else ''}"
+    return _find(src, calling_ae, timeout, _identifier("STUDY", STUDY_KEYS, **match))
+
+
+def find_series(src: Peer, calling_ae: str, study_uid: str, timeout: float = 30) -> list[dict[str, Any]]:
+    """The series of one study with the attributes eligibility can judge from a query."""
+    return _find(src, calling_ae, timeout, _identifier("SERIES", SERIES_KEYS, StudyInstanceUID=study_uid))
+
+
+def _series_identifier(study_uid: str, series_uid: str) -> Dataset:
+    return _identifier("SERIES", (), StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid)
+
+
+def _retrieved(method: str, responses: Any, src: Peer, timeout: float) -> Retrieved:
+    last: Dataset | None = None
+    for status, _ in responses:
+        if "Status" not in status:
+            raise QueryError(f"{src.ae_title}: no C-{method.upper()} response within {timeout:g} s")
+        last = status
+    if last is None:
+        raise QueryError(f"{src.ae_title}: C-{method.upper()} ended without a final response")
+    return Retrieved(method, int(last.Status), int(last.get("NumberOfCompletedSuboperations", 0) or 0),
+                     int(last.get("NumberOfFailedSuboperations", 0) or 0),
+                     int(last.get("NumberOfWarningSuboperations", 0) or 0))
+
+
+def move_series(src: Peer, calling_ae: str, move_aet: str, study_uid: str, series_uid: str,
+                timeout: float = 30) -> Retrieved:
+    """C-MOVE one series to ``move_aet``; the status 0xA801 (:data:`STATUS_MOVE_DESTINATION_UNKNOWN`)
+    says the PACS does not know ``move_aet``. Raises ``DeliveryError`` when the PACS cannot be
+    reached and ``ValueError`` when it refuses the C-MOVE presentation context."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.connection_timeout = timeout
+    ae.network_timeout = ae.dimse_timeout = max(timeout, 600)  # a move answers after its sub-operations
+    assoc = _associate(ae, src, [build_context(StudyRootQueryRetrieveInformationModelMove)])
+    try:
+        result = _retrieved("move", assoc.send_c_move(_series_identifier(study_uid, series_uid), move_aet,
+                                                      StudyRootQueryRetrieveInformationModelMove), src, timeout)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return result
+
+
+def get_series(src: Peer, calling_ae: str, study_uid: str, series_uid: str, on_store: Callable[..., Any],
+               on_open: Callable[[Any], None] | None = None, timeout: float = 30) -> Retrieved:
+    """C-GET one series; ``on_store(event)`` is the C-STORE handler for each instance (it must
+    return a status, as :func:`dicom_node.scp.handle_store` does). ``on_open(assoc)`` is called
+    once the association is up, before anything is stored."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.connection_timeout = timeout
+    ae.network_timeout = ae.dimse_timeout = max(timeout, 600)
+    contexts = [build_context(StudyRootQueryRetrieveInformationModelGet)]
+    contexts += [build_context(sop_class, GET_SYNTAXES) for sop_class in sorted(CT_FAMILY)]
+    roles = [build_role(sop_class, scp_role=True) for sop_class in sorted(CT_FAMILY)]
+    ae.requested_contexts = contexts
+    assoc = ae.associate(src.host, int(src.port), ae_title=src.ae_title, ext_neg=roles,
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    if not assoc.is_established:
+        raise DeliveryError(f"{src.ae_title}@{src.host}:{src.port} refused or did not answer the C-GET association")
+    try:
+        if on_open is not None:
+            on_open(assoc)
+        result = _retrieved("get", assoc.send_c_get(_series_identifier(study_uid, series_uid),
+                                                    StudyRootQueryRetrieveInformationModelGet), src, timeout)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return result
