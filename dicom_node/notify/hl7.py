@@ -160,7 +160,10 @@ def send_mllp(host: str, port: int, message: str, timeout_s: float) -> str:
             if left <= 0:
                 raise TimeoutError(f"no ACK within {timeout_s:g} s")
             sock.settimeout(left)
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                raise TimeoutError(f"no ACK within {timeout_s:g} s") from None
             if not chunk:
                 raise ConnectionError("the RIS closed the connection without an ACK")
             data += chunk
