@@ -132,3 +132,13 @@ def complete(tmp_path, ct12, rules: list[dict], calling: str, preset: str | None
 ])
 def test_assembler_puts_the_series_on_its_lane(tmp_path, ct12, rules, calling, preset, lane):
     assert complete(tmp_path, ct12, rules, calling, preset) == lane
+
+
+def test_check_config_names_a_missing_secret(tmp_path, monkeypatch, capsys):
+    from dicom_node.commands import check_config
+
+    cfg = parse_config({**yaml.safe_load(ISSUE_YAML), "node": {"data_dir": str(tmp_path)}})
+    monkeypatch.delenv("DURAL_WEBHOOK_SECRET", raising=False)
+    assert check_config.run(None, cfg) == 1 and "DURAL_WEBHOOK_SECRET" in capsys.readouterr().err
+    monkeypatch.setenv("DURAL_WEBHOOK_SECRET", "x")
+    assert check_config.run(None, cfg) == 0
