@@ -47,14 +47,20 @@ class QueryError(RuntimeError):
 
 
 class MoveDestinationUnknown(QueryError):
-    """The PACS answered 0xA801: it does not know the AE title we asked it to send to."""
+    """The PACS refused a C-MOVE to our AE title: 0xA801, or a failure before any sub-operation
+    (Orthanc 1.10 answers 0xC000 for an AE title it does not know)."""
 
-    def __init__(self, source: Peer, name: str, move_aet: str, node_port: int) -> None:
+    def __init__(self, source: Peer, name: str, move_aet: str, node_port: int, status: int) -> None:
+        if status == STATUS_MOVE_DESTINATION_UNKNOWN:
+            what = "with 0xA801 (move destination unknown): the PACS does not know"
+        else:
+            what = (f"with 0x{status:04X} before sending anything, as a PACS does (0xA801 in the standard) "
+                    "when it does not know")
         super().__init__(
-            f"C-MOVE refused by {source.ae_title}@{source.host}:{source.port} with 0xA801 (move destination "
-            f"unknown): the PACS does not know this node's AE title {move_aet!r}. Add it at the PACS as a DICOM "
-            f"node: AE title {move_aet}, this machine's address, port {node_port} (node.port). Until then the "
-            f"series are fetched with C-GET; set retrieve: get on destination {name!r} to skip the C-MOVE.")
+            f"C-MOVE refused by {source.ae_title}@{source.host}:{source.port} {what} this node's AE title "
+            f"{move_aet!r}. Add it at the PACS as a DICOM node: AE title {move_aet}, this machine's address, "
+            f"port {node_port} (node.port). Until then the series are fetched with C-GET; set retrieve: get "
+            f"on destination {name!r} to skip the C-MOVE.")
 
 
 @dataclass(frozen=True)
@@ -66,10 +72,16 @@ class Retrieved:
     completed: int = 0
     failed: int = 0
     warning: int = 0
+    comment: str = ""  # the final response's ErrorComment
 
     @property
     def ok(self) -> bool:
         return self.status in (0x0000, WARNING_SUBOPS) and self.failed == 0
+
+    @property
+    def refused(self) -> bool:
+        """A failure before any sub-operation: the retrieve was refused, not cut short."""
+        return not self.ok and self.completed == self.failed == self.warning == 0
 
 
 def dicom_date(day: dt.date) -> str:
@@ -152,7 +164,7 @@ def _retrieved(method: str, responses: Any, src: Peer, timeout: float) -> Retrie
         raise QueryError(f"{src.ae_title}: C-{method.upper()} ended without a final response")
     return Retrieved(method, int(last.Status), int(last.get("NumberOfCompletedSuboperations", 0) or 0),
                      int(last.get("NumberOfFailedSuboperations", 0) or 0),
-                     int(last.get("NumberOfWarningSuboperations", 0) or 0))
+                     int(last.get("NumberOfWarningSuboperations", 0) or 0), str(last.get("ErrorComment", "") or ""))
 
 
 def move_series(src: Peer, calling_ae: str, move_aet: str, study_uid: str, series_uid: str,

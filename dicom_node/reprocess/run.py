@@ -241,19 +241,20 @@ class Reprocessor:
                 result = qr.move_series(self.source, aet, aet, item.study_uid, item.series_uid, timeout)
             except ValueError:
                 result = qr.Retrieved("move", 0xFFFF)  # the PACS refused the C-MOVE context
-            if result.status == qr.STATUS_MOVE_DESTINATION_UNKNOWN:
+            if result.status == qr.STATUS_MOVE_DESTINATION_UNKNOWN or (result.refused and result.status != 0xFFFF):
                 with self._lock:
                     if not self.use_get:
                         self.use_get = True
                         message = str(qr.MoveDestinationUnknown(self.source, self.source.name, aet,
-                                                                self.cfg.node.port))
+                                                                self.cfg.node.port, result.status))
                         logger.error(message)
                         self.on_notice(message)
             elif result.ok:
                 return result
             else:
                 logger.warning("C-MOVE failed; trying C-GET", extra={"series": short_uid(item.series_uid),
-                                                                     "status": f"0x{result.status:04X}"})
+                                                                     "status": f"0x{result.status:04X}",
+                                                                     "comment": result.comment[:120]})
         return self._get(item, aet, timeout)
 
     def _get(self, item: ReprocessItem, aet: str, timeout: float) -> qr.Retrieved:
