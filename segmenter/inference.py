@@ -49,21 +49,24 @@ class Segmenter:
         Run under bf16 autocast (CPU only).
     batch_size:
         Slices per forward pass.
+    bleed_threshold:
+        Decision threshold on P(SDH) + P(EDH) (``postprocess.label_map``); None: argmax.
     """
 
     def __init__(self, model: CSRUNet, config: CSRUNetConfig, info: ModelInfo, device: torch.device,
-                 bf16: bool = False, batch_size: int = 4) -> None:
+                 bf16: bool = False, batch_size: int = 4, bleed_threshold: float | None = None) -> None:
         self.model = model
         self.config = config
         self.info = info
         self.device = device
         self.bf16 = bool(bf16 and device.type == "cpu")
         self.batch_size = batch_size
+        self.bleed_threshold = bleed_threshold
 
     @classmethod
     def load(cls, weights_path: str | Path | None = None, device: str | torch.device | None = None,
              threads: int | None = None, bf16: bool | None = None, sha256: str | None = None,
-             batch_size: int = 4) -> "Segmenter":
+             batch_size: int = 4, bleed_threshold: float | None | str = "manifest") -> "Segmenter":
         """Load weights (default: the shipped ones) once.
 
         Parameters
@@ -78,6 +81,9 @@ class Segmenter:
             Force bf16 autocast on or off on CPU; default: the manifest's ``bf16_cpu``.
         sha256:
             Expected hash; default the manifest's. Loading fails on a mismatch.
+        bleed_threshold:
+            Decision threshold (see ``Segmenter``); default the manifest's ``bleed_threshold``
+            (argmax when the manifest has none).
         """
         path = Path(weights_path) if weights_path is not None else SHIPPED_WEIGHTS
         manifest: dict[str, Any] = {}
@@ -93,7 +99,9 @@ class Segmenter:
         use_bf16 = bool(manifest.get("bf16_cpu", False)) if bf16 is None else bf16
         logger.info("loaded %s %s (sha256 %s) on %s, bf16=%s", MODEL_NAME, info.version,
                     info.weights_sha256[:12], dev, use_bf16 and dev.type == "cpu")
-        return cls(model, cfg, info, dev, use_bf16, batch_size)
+        if bleed_threshold == "manifest":
+            bleed_threshold = manifest.get("bleed_threshold")
+        return cls(model, cfg, info, dev, use_bf16, batch_size, bleed_threshold)
 
     @torch.inference_mode()
     def scores(self, volume_hu: np.ndarray) -> tuple[torch.Tensor, Any]:
@@ -148,7 +156,7 @@ class Segmenter:
         probs = to_original_grid(logits, crop).numpy()
         labels, findings, excluded = findings_from_probabilities(
             probs, spacing_mm, crop.left + crop.side / 2.0, row_direction, volume_hu=volume_hu,
-            slab_mm=slab_mm, positions=positions)
+            slab_mm=slab_mm, positions=positions, bleed_threshold=self.bleed_threshold)
         t2 = time.perf_counter()
         return Prediction(labels, findings, self.info,
                           {"network_s": round(t1 - t0, 3), "postprocess_s": round(t2 - t1, 3),

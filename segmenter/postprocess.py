@@ -42,7 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .findings import CLASS_NAMES, EDH, SDH, Finding
+from .findings import BACKGROUND, CLASS_NAMES, EDH, SDH, Finding
 from .voxels import check_slices, component_ml, mask_ml, on_slices, slice_ml, voxel_ml
 
 logger = logging.getLogger(__name__)
@@ -212,10 +212,27 @@ def laterality(mask: np.ndarray, comps: np.ndarray, spacing_mm: Sequence[float],
     return "left" if share > 0.5 else "right"
 
 
+def label_map(probs: np.ndarray, bleed_threshold: float | None = None) -> np.ndarray:
+    """uint8 labels from (Z, C, rows, cols) probabilities.
+
+    ``bleed_threshold`` None: the argmax.  Otherwise a pixel is a bleed when the SDH and EDH
+    probabilities together reach the threshold, and takes the more probable of the two; a
+    threshold above 0.5 trades small, uncertain calls for fewer false ones.
+    """
+    if bleed_threshold is None:
+        return probs.argmax(1).astype(np.uint8)
+    if not 0.0 < bleed_threshold < 1.0:
+        raise ValueError(f"bleed_threshold must be between 0 and 1; got {bleed_threshold}")
+    labels = np.where(probs[:, SDH] >= probs[:, EDH], SDH, EDH).astype(np.uint8)
+    labels[probs[:, SDH] + probs[:, EDH] < bleed_threshold] = BACKGROUND
+    return labels
+
+
 def findings_from_probabilities(probs: np.ndarray, spacing_mm: Sequence[float], midline_col: float,
                                 row_direction: Sequence[float] = (1.0, 0.0, 0.0),
                                 min_present_ml: float = MIN_PRESENT_ML, volume_hu: np.ndarray | None = None,
                                 *, slab_mm: Sequence[float] | None = None, positions: np.ndarray | None = None,
+                                bleed_threshold: float | None = None,
                                 ) -> tuple[np.ndarray, dict[str, Finding], list[dict[str, Any]]]:
     """Labels, findings and excluded components from (Z, C, rows, cols) probabilities.
 
@@ -237,6 +254,8 @@ def findings_from_probabilities(probs: np.ndarray, spacing_mm: Sequence[float], 
         None: every slice stands for ``spacing_mm[0]``.
     positions:
         ImagePositionPatient per slice, shape (Z, 3), for laterality in patient coordinates.
+    bleed_threshold:
+        See :func:`label_map`; None is the argmax.
 
     Returns
     -------
@@ -244,7 +263,7 @@ def findings_from_probabilities(probs: np.ndarray, spacing_mm: Sequence[float], 
         uint8 labels (Z, rows, cols), a ``Finding`` per class name, and the components removed
         by the EDH rule (see ``drop_detached_edh``).
     """
-    labels, comps, _ = clean_labels(probs.argmax(1).astype(np.uint8), spacing_mm, slab_mm=slab_mm)
+    labels, comps, _ = clean_labels(label_map(probs, bleed_threshold), spacing_mm, slab_mm=slab_mm)
     excluded = [] if volume_hu is None else drop_detached_edh(labels, comps, volume_hu, spacing_mm, slab_mm=slab_mm)
     findings = findings_from_labels(labels, comps, probs, spacing_mm, midline_col, row_direction, min_present_ml,
                                     slab_mm=slab_mm, positions=positions)

@@ -267,3 +267,18 @@ def test_laterality_in_patient_coordinates(shift_mm: float, expected: str) -> No
     positions[[0, 5], 0] = -shift_mm
     cleaned, comps, _ = clean_labels(labels, SPACING)
     assert laterality(cleaned == SDH, comps, SPACING, 31.5, (1, 0, 0), positions=positions) == expected
+
+
+def test_bleed_threshold_trades_uncertain_pixels_for_fewer_false_calls():
+    from segmenter.postprocess import label_map
+
+    probs = np.zeros((1, 3, 1, 4), np.float32)
+    probs[0, :, 0, 0] = (0.4, 0.35, 0.25)  # bleed 0.60, SDH more likely than EDH
+    probs[0, :, 0, 1] = (0.3, 0.2, 0.5)  # bleed 0.70, EDH
+    probs[0, :, 0, 2] = (0.9, 0.05, 0.05)
+    probs[0, :, 0, 3] = (0.1, 0.0, 0.9)
+    assert label_map(probs).tolist() == [[[0, 2, 0, 2]]]  # argmax
+    assert label_map(probs, 0.55).tolist() == [[[1, 2, 0, 2]]]
+    assert label_map(probs, 0.8).tolist() == [[[0, 0, 0, 2]]]
+    with pytest.raises(ValueError, match="bleed_threshold must be between 0 and 1"):
+        label_map(probs, 1.0)
