@@ -250,14 +250,14 @@ def test_kill9_before_submission_and_after_broker_loss(tmp_path, procs, redis_po
     queued = wait_until("submission", lambda: (j := ledger.job(job.id)).state == JobState.QUEUED and j, 60)
     assert queued.submissions == 1
     client = redis.Redis(port=port_r)
-    assert client.llen("stat") == 1
+    assert client.llen("routine") == 1  # triage.default_lane
     second.kill9()
     # 3. The broker lost its queue (Redis restarted empty) while the node was down: the task is
     #    found lost and submitted again.
     client.flushall()
     procs.append(third := NodeProcess(config))
     again = wait_until("resubmission", lambda: (j := ledger.job(job.id)).submissions == 2 and j, 60)
-    assert again.state == JobState.QUEUED and client.llen("stat") == 1
+    assert again.state == JobState.QUEUED and client.llen("routine") == 1
     assert any((e[2] or "").startswith("requeued: task no longer in the queue") for e in ledger.events(job.id))
     assert third.terminate() == 0
     ledger.close()
