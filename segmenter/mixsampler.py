@@ -30,7 +30,8 @@ class MixConfig:
     inserted: float = 0.30
     real_dural_fraction: float = 0.6  # real draws that come from slices with an SDH/EDH box
     lesion_fraction: float = 0.8  # background draws that get a lesion (the rest stay negative)
-    rim_fraction: float = 0.6  # negative crops centred on the inner table
+    rim_fraction: float = 0.0  # negative crops centred on the inner table
+    negative_backgrounds: bool = False  # keep background slices without room for a lesion
 
     def weights(self, available: Sequence[bool]) -> np.ndarray:
         w = np.array([self.phantom, self.real, self.inserted], float) * np.asarray(available, float)
@@ -84,7 +85,7 @@ def _real_item(bank: RealBank, c: int, windows: Sequence[str], cfg: SamplerConfi
     lab = bank.labels[i]
     if use_dural:
         centre = _centre_on(lab, rng) if rng.random() < cfg.centre_on_bleed else None
-    elif rng.random() < mix.rim_fraction:
+    elif mix.rim_fraction and rng.random() < mix.rim_fraction:
         centre = _centre_on(torch.from_numpy(_rim(cavity_map(bank.hu[i].numpy()))), rng)
     else:
         centre = None
@@ -105,7 +106,7 @@ def _inserted_item(bank: BackgroundBank, c: int, windows: Sequence[str], cfg: Sa
     hu_t, lab_t = torch.from_numpy(np.asarray(hu, np.float32)), torch.from_numpy(lab)
     if lab_t.any():
         centre = _centre_on(lab_t, rng) if rng.random() < cfg.centre_on_bleed else None
-    else:  # a negative: most crops on the inner table, where false calls come from
+    else:  # a negative: crops on the inner table, where false calls come from
         centre = _centre_on(torch.from_numpy(_rim(bank.maps[i])), rng) if rng.random() < mix.rim_fraction else None
     y0, x0 = _crop_at(hu.shape[-1], c, centre, rng)
     return augment(hu_t[y0:y0 + c, x0:x0 + c], lab_t[y0:y0 + c, x0:x0 + c], windows, cfg, rng)

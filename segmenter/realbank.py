@@ -87,19 +87,20 @@ def build_real_bank(slices: Sequence[RealSlice], size: int) -> RealBank:
     return RealBank(torch.stack(hus), torch.stack(labs), ids, np.asarray(dural, bool))
 
 
-def build_background_bank(slices: Sequence[tuple[str, np.ndarray]], size: int) -> BackgroundBank:
+def build_background_bank(slices: Sequence[tuple[str, np.ndarray]], size: int,
+                          keep_negatives: bool = True) -> BackgroundBank:
     """Resample (slice id, HU slice) pairs free of SDH/EDH and map their cavities.
 
-    Every slice with some intracranial space is kept.  Those with room for a lesion get lesions
-    drawn in; the others (vertex, skull base, where the skull is cut obliquely and its inner
-    table is a wide bright band) are kept as negatives, because that band is what a model
-    trained on drawn lesions would otherwise call a thin SDH.
+    Slices with room for a lesion get lesions drawn in.  With ``keep_negatives`` the others
+    (vertex, skull base, where the skull is cut obliquely and its inner table is a wide bright
+    band) are kept as negatives, because that band is what a model trained on drawn lesions
+    would otherwise call a thin SDH; without it they are dropped.
     """
     hus, maps, ids = [], [], []
     for slice_id, hu in slices:
         small = to_model_scale(hu, None, size)[0].round().clamp(-1024, 3071)
         cmap = cavity_map(small.numpy())
-        if cmap.cavity.sum() < MIN_NEGATIVE_CAVITY_PX:
+        if cmap.cavity.sum() < MIN_NEGATIVE_CAVITY_PX or not (keep_negatives or cmap.usable):
             continue
         hus.append(small.to(torch.int16))
         maps.append(cmap)

@@ -117,7 +117,7 @@ def brain_grey(grey: np.ndarray, cavity: np.ndarray) -> float:
     values = grey[cavity]
     values = values[(values > 40) & (values < 220)]
     if values.size < 100:
-        return (BRAIN_HU - ASSUMED_WINDOW[0] + ASSUMED_WINDOW[1] / 2.0) * 255.0 / ASSUMED_WINDOW[1]
+        return 35.0 * 255.0 / ASSUMED_WINDOW[1]
     hist = np.bincount(values, minlength=256).astype(float)
     hist = ndimage.gaussian_filter1d(hist, 2.0)
     return float(np.argmax(hist))

@@ -209,7 +209,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             torch.save({"train": bank, "val": val_bank}, cache)
     logger.info("data ready in %.0f s: %d train slices (%d with bleed, %d hard-negative pixels)",
                 time.time() - t0, len(bank.hu), int(bank.positive.sum()), len(bank.hard))
-    real_train, real_val, backgrounds = real_banks(cfg.real_root, cfg.backgrounds, cfg.model.input_size)
+    real_train, real_val, backgrounds = real_banks(cfg.real_root, cfg.backgrounds, cfg.model.input_size,
+                                                   cfg.mix.negative_backgrounds)
     mixed = real_train is not None or backgrounds is not None
     if mixed and cfg.model.context_slices:
         raise ValueError(f"context_slices must be 0 when training on real 2-D slices; got {cfg.model.context_slices}")
@@ -262,11 +263,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     return {"history": history, "best_score": best}
 
 
-def _parse_mix(text: str) -> MixConfig:
+def _parse_mix(text: str, **options: Any) -> MixConfig:
     parts = [float(v) for v in text.split(",")]
     if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
         raise SystemExit(f"--mix must be three non-negative shares (phantoms,real,inserted); got {text!r}")
-    return MixConfig(*parts)
+    return MixConfig(*parts, **options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -301,6 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ct-phantoms", type=int, default=0, help="phantoms of segmenter.phantom_ct to add")
     p.add_argument("--mix", default="0.35,0.35,0.30",
                    help="batch shares of phantoms, real boxed slices, real backgrounds with drawn lesions")
+    p.add_argument("--rim-fraction", type=float, default=0.0,
+                   help="share of negative real crops centred on the inner table")
+    p.add_argument("--negative-backgrounds", action="store_true",
+                   help="keep background slices without room for a lesion (vertex, skull base) as negatives")
     p.add_argument("--val-cases", type=int, default=10)
     p.add_argument("--workers", type=int, default=1, help="processes generating phantoms")
     p.add_argument("--threads", type=int)
@@ -320,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       workers=a.workers, threads=a.threads, device=a.device, init_from=a.init, model=model,
                       kind_weights=parse_kind_weights(a.kind_weights) if a.kind_weights else None, phantoms=a.phantoms,
                       sampler=SamplerConfig(crop=a.crop), real_root=a.real_root, backgrounds=tuple(a.backgrounds),
-                      ct_phantoms=a.ct_phantoms, mix=_parse_mix(a.mix))
+                      ct_phantoms=a.ct_phantoms,
+                      mix=_parse_mix(a.mix, rim_fraction=a.rim_fraction, negative_backgrounds=a.negative_backgrounds))
     logger.info("command: python -m segmenter train %s", " ".join(argv if argv is not None else sys.argv[1:]))
     result = train(cfg, out, resume=a.resume, stop_after=a.stop_after)
     logger.info("done: best score %.4f", result["best_score"])

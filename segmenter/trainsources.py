@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 SELECT_MIN_PX = 12
 
 
-def real_banks(real_root: str | None, backgrounds: tuple[str, ...], size: int
+def real_banks(real_root: str | None, backgrounds: tuple[str, ...], size: int, keep_negatives: bool = True
                ) -> tuple[RealBank | None, RealBank | None, BackgroundBank | None]:
     """(train, valid, backgrounds): ``real_root/train`` and ``/valid`` of ich-boxes; lesion-free
     backgrounds are the train slices without SDH/EDH boxes plus every slice of ``backgrounds``."""
@@ -36,7 +36,7 @@ def real_banks(real_root: str | None, backgrounds: tuple[str, ...], size: int
         pairs += [(s.slice_id, s.hu()) for s in train_slices if not s.has_dural]
     for folder in backgrounds:
         pairs += dicom_slices(folder)
-    return train, valid, (build_background_bank(pairs, size) if pairs else None)
+    return train, valid, (build_background_bank(pairs, size, keep_negatives) if pairs else None)
 
 
 @torch.inference_mode()

@@ -142,3 +142,25 @@ def test_context_slices_are_refused_with_real_slices(realdata_root: Path, tmp_pa
                       real_root=str(realdata_root / "ich-boxes"))
     with pytest.raises(ValueError, match="context_slices must be 0"):
         train(cfg, tmp_path, cases=[make_phantom(i, "sdh", small_ranges) for i in range(2)])
+
+
+def test_negative_backgrounds_and_rim_crops_are_options(realdata_root: Path) -> None:
+    from segmenter.insertion import cavity_map as cmap_of
+
+    slices = load_ich_boxes(realdata_root / "ich-boxes", "train")
+    pairs = [(s.slice_id, s.hu()) for s in slices if not s.has_dural]
+    small = np.full((256, 256), -1000.0, np.float32)  # a vertex-like slice: skull ring, small cavity
+    yy, xx = np.mgrid[:256, :256]
+    r = np.hypot(yy - 128, xx - 128)
+    small[r < 60] = 1000.0
+    small[r < 35] = 30.0
+    pairs.append(("vertex", small))
+    assert not cmap_of(small).usable
+    assert "vertex" not in build_background_bank(pairs, 128, keep_negatives=False).slice_ids
+    bank = build_background_bank(pairs, 128, keep_negatives=True)
+    assert "vertex" in bank.slice_ids
+    only_vertex = type(bank)(bank.hu[-1:], bank.maps[-1:], bank.slice_ids[-1:])
+    rng = np.random.default_rng(0)
+    _, y = sample_mixed_batch(None, None, only_vertex, 6, rng, ("brain",), SamplerConfig(crop=64),
+                              MixConfig(rim_fraction=1.0))
+    assert not (y > 0).any()  # no room for a lesion: always a negative
