@@ -69,7 +69,7 @@ def start(argv: list[str], log: Path) -> subprocess.Popen:
 
 
 def default_weights() -> Path:
-    shipped = ROOT / "segmenter" / "weights" / "csr_unet_synth.pt"
+    shipped = ROOT / "segmenter" / "weights" / "csr_unet.pt"
     if shipped.is_file():
         return shipped
     for candidate in sorted(ROOT.glob("runs/*/best.pt")):

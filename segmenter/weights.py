@@ -20,8 +20,8 @@ from .csr_unet import CSRUNet, CSRUNetConfig
 logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-SHIPPED_WEIGHTS = WEIGHTS_DIR / "csr_unet_synth.pt"
-SHIPPED_MANIFEST = WEIGHTS_DIR / "csr_unet_synth.json"
+SHIPPED_WEIGHTS = WEIGHTS_DIR / "csr_unet.pt"
+SHIPPED_MANIFEST = WEIGHTS_DIR / "csr_unet.json"
 
 
 class WeightsError(ValueError):
