@@ -40,9 +40,7 @@ from .phantom_ct_head import build_head, suture_code, uniform
 from .phantom_ct_lesions import (add_confounders, place_hematomas, place_parafalcine, plan_lesions,
                                  swell_scalp)
 from .phantom_ct_tissue import head_holder, paint_brain, paint_skull_and_scalp, paint_skull_base
-from .synthetic import KINDS, parse_kind_weights
-
-Range = tuple[float, float]
+from .synthetic import KINDS, Range, parse_kind_weights
 
 
 @dataclass(frozen=True)
