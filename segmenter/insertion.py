@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .findings import EDH, SDH
+from .findings import SDH
 from .skull import intracranial_cavity, keep_large
 
 #: HU at or above which a pixel is bone, on both real HU and mapped 8-bit slices.

@@ -14,7 +14,7 @@ import socketserver
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hl7apy.consts import VALIDATION_LEVEL

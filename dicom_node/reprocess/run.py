@@ -31,7 +31,6 @@ from dicom_node.ledger.reprocessing import (
 )
 from dicom_node.logs import short_uid
 from dicom_node.reprocess.plan import ModelIdentity, Params, in_hours, plan_study
-from dicom_node.scu import DeliveryError
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,14 +39,13 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def draw_grey_head(lesion: str | None = None, size: int = 320, brain_grey: int = 110,
-                   seed: int = 0) -> tuple["np.ndarray", list[tuple[int, float, float, float, float]]]:
+                   seed: int = 0) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:
     """An 8-bit brain-windowed axial slice in the layout of real exports, with YOLO boxes.
 
     Scalp, a saturated skull ring, brain at ``brain_grey`` with noise, and optionally a lesion:
     ``"edh"`` (lens against the right inner table), ``"sdh"`` (thin crescent along the left
     one) or ``"iph"`` (blob in the brain). Boxes are ``(class, cx, cy, w, h)`` normalised.
     """
-    import numpy as np
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size].astype(float)
