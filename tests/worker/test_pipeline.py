@@ -306,3 +306,46 @@ def test_reopened_series_gets_new_uids_resend_keeps_them(cfg, tmp_path):
     assert fewer["state"] == "done"
     old = {f["sop_instance_uid"] for f in first["files"]} | {f["series_uid"] for f in first["files"]}
     assert old.isdisjoint({f["sop_instance_uid"] for f in fewer["files"]} | {f["series_uid"] for f in fewer["files"]})
+
+
+@pytest.mark.parametrize("charset, name", [
+    (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう"),  # Japanese: first value empty
+    (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞=홍^길동"),  # Korean
+    ("GB18030", "Wang^XiaoDong=王^小东"),
+    ("ISO_IR 100", "Müller^Jürgen"),
+    ("ISO_IR 192", "Gröber^Έλλη"),
+])
+def test_international_character_sets_give_valid_results_with_names_intact(cfg, charset, name):
+    import pydicom
+
+    rel, paths = make_job(cfg)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SpecificCharacterSet = charset
+        ds.PatientName = name
+        ds.save_as(path)
+    outcome = run_job(rel, cfg.data_dir, cfg, Planted())
+    assert outcome["state"] == "done", outcome["reason"]
+    assert {f["type"] for f in outcome["files"]} >= {"seg", "sr"}
+    for f in outcome["files"]:
+        out = pydicom.dcmread(cfg.data_dir / f["path"])
+        assert str(out.PatientName) == name, f["type"]
+        assert dciodvfy_errors(cfg.data_dir / f["path"]) == [], f["type"]
+
+
+def test_status_report_for_a_japanese_series_is_built(cfg):
+    import pydicom
+
+    rel, paths = make_job(cfg)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+        ds.PatientName = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+        ds.RescaleSlope = 0  # broken values: not analysed, with a status report
+        ds.save_as(path)
+    outcome = run_job(rel, cfg.data_dir, cfg, Planted())
+    assert outcome["state"] == "not_analysed"
+    [report] = outcome["files"]
+    out = pydicom.dcmread(cfg.data_dir / report["path"])
+    assert str(out.PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    assert dciodvfy_errors(cfg.data_dir / report["path"]) == []

@@ -35,6 +35,8 @@ _TYPE2_KEYWORDS = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
     "StudyDate", "StudyTime", "ReferringPhysicianName", "AccessionNumber", "StudyID",
 )  # fmt: skip
+#: Character sets highdicom accepts as SpecificCharacterSet of the objects it builds.
+_HIGHDICOM_CHARSETS = {v.value for v in hd.enum.SpecificCharacterSetValues}
 _PIXEL_TAGS = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")}
 #: Datasets returned by prepare_sources, by id while they live: the pipeline prepares once and
 #: hands the result to several builders, and a second copy of 40 headers costs ~0.1 s each time.
@@ -109,6 +111,7 @@ def prepare_sources(sources: Sequence[pydicom.Dataset], *, need_geometry: bool =
         return out
     out = [_header_copy(ds) for ds in sources]
     for ds in out:
+        _normalise_character_set(ds)
         for keyword in _TYPE2_KEYWORDS:
             if keyword not in ds:
                 setattr(ds, keyword, None)
@@ -117,6 +120,28 @@ def prepare_sources(sources: Sequence[pydicom.Dataset], *, need_geometry: bool =
     for ds in out:
         _COPIES[id(ds)] = ds
     return out
+
+
+def _normalise_character_set(ds: pydicom.Dataset) -> None:
+    # Japanese and Korean scanners send "\\ISO 2022 IR 87": an empty first value, which PS3.3
+    # C.12.1.1.2 defines as the default repertoire with code extensions, "ISO 2022 IR 6".
+    # highdicom accepts only the defined term, and copies the source's value into every result.
+    value = ds.get("SpecificCharacterSet")
+    if value is None:
+        return
+    values = [value] if isinstance(value, str) else list(value)
+    if len(values) > 1 and not values[0].strip():
+        values[0] = "ISO 2022 IR 6"
+    values = [v.strip() for v in values if v.strip()]
+    if not values:
+        del ds.SpecificCharacterSet
+    elif not set(values) <= _HIGHDICOM_CHARSETS:
+        # A term highdicom does not list (Korean "ISO 2022 IR 149", for one): the text is
+        # decoded with the source's own character set, and the results are written in UTF-8.
+        ds.decode()
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    else:
+        ds.SpecificCharacterSet = values[0] if len(values) == 1 else values
 
 
 def _normalise_geometry(datasets: list[pydicom.Dataset]) -> None:
