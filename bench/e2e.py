@@ -68,6 +68,18 @@ def start(argv: list[str], log: Path) -> subprocess.Popen:
                             env={**os.environ, "TCP_NODELAY": "1"})
 
 
+def stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each process group, last started first; SIGKILL any still running after 30 s."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def default_weights() -> Path:
     shipped = ROOT / "segmenter" / "weights" / "csr_unet.pt"
     if shipped.is_file():
@@ -198,14 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             }, indent=1) + "\n")
         return 0
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop(procs)
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:

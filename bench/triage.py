@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from e2e import BIN, default_weights, free_port, start, wait  # noqa: E402
+from e2e import BIN, default_weights, free_port, start, stop, wait  # noqa: E402
 
 
 def scenario(args: argparse.Namespace, tmp: Path, weights: Path, flood: int) -> dict[str, float]:
@@ -114,14 +113,7 @@ def scenario(args: argparse.Namespace, tmp: Path, weights: Path, flood: int) -> 
                                                              default=0.0), 2),
                     "SR stored -> ORU s": round(oru_at - stored[0], 2)}
         finally:
-            for proc in reversed(procs):
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            stop(procs)
 
 
 def main(argv: list[str] | None = None) -> int:

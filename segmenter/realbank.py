@@ -16,10 +16,9 @@ from typing import Sequence
 import numpy as np
 import pydicom
 import torch
-import torch.nn.functional as F
 
 from .insertion import CavityMap, cavity_map
-from .preprocess import head_crop, resample_hu
+from .preprocess import head_crop, resample_hu, resample_labels
 from .pseudomask import IGNORE, pseudo_mask
 from .realslices import RealSlice
 
@@ -61,15 +60,8 @@ def to_model_scale(hu: np.ndarray, labels: np.ndarray | None, size: int) -> tupl
     small = resample_hu(hu[None], crop, size)[0]
     if labels is None:
         return small, None
-    # Area vote over four classes, the fourth being "no answer", so thin crescents survive.
-    lab = torch.from_numpy(np.where(labels == IGNORE, 3, labels).astype(np.int64))[None]
-    from .preprocess import _crop_pad
-
-    lab = _crop_pad(lab, crop, 0)
-    onehot = F.one_hot(lab, 4).permute(0, 3, 1, 2).float()
-    votes = F.interpolate(onehot, size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=crop.side > size)[0]
-    out = votes.argmax(0).to(torch.uint8)
+    # Area vote with "no answer" as a fourth class, so thin crescents and IGNORE both survive.
+    out = resample_labels(np.where(labels == IGNORE, 3, labels)[None], crop, size, num_classes=4)[0]
     out[out == 3] = IGNORE
     return small, out
 
