@@ -58,18 +58,22 @@ class Receiving(Store):
 
         The instance joins the series' open job; when the series' latest job is past
         ``received`` (complete or later), a new job is opened and the older one is marked as
-        superseded, so the series is re-analysed with all its instances.
+        superseded, so the series is re-analysed with all its instances. An instance whose file
+        retention purged counts as new when it is sent again, and purged instances never join
+        the re-opened job (their files are gone).
         """
         now = now or time.time()
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone():
+            known = db.execute("SELECT purged_at FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
+            if known is not None and known[0] is None:
                 return False
             job_id = self._job_for_new_instance(db, series_uid, study_uid, now)
-            db.execute("INSERT INTO instances VALUES (?,?,?,?,?,?,?,?)",
+            db.execute("INSERT OR REPLACE INTO instances(sop_uid, series_uid, study_uid, sop_class_uid, path, "
+                       "assoc_id, received_at, job_id, purged_at) VALUES (?,?,?,?,?,?,?,?,NULL)",
                        (sop_uid, series_uid, study_uid, sop_class_uid, str(path), assoc_id, now, job_id))
             db.execute("UPDATE jobs SET last_instance_at=?, updated_at=? WHERE id=?", (now, now, job_id))
             # Earlier instances of the series belong to the re-opened job as well.
-            db.execute("UPDATE instances SET job_id=? WHERE series_uid=? AND job_id IS NOT ?",
+            db.execute("UPDATE instances SET job_id=? WHERE series_uid=? AND job_id IS NOT ? AND purged_at IS NULL",
                        (job_id, series_uid, job_id))
             return True
 
@@ -102,7 +106,7 @@ class Receiving(Store):
         return self._db().execute("SELECT 1 FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone() is not None
 
     def known_paths(self) -> set[str]:
-        return {r[0] for r in self._db().execute("SELECT path FROM instances")}
+        return {r[0] for r in self._db().execute("SELECT path FROM instances WHERE purged_at IS NULL")}
 
     def instance_paths(self, job_id: int) -> list[Path]:
         rows = self._db().execute("SELECT path FROM instances WHERE job_id=? ORDER BY sop_uid", (job_id,))

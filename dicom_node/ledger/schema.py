@@ -99,6 +99,15 @@ _V3 = (
 )
 
 
+_V4 = (
+    # Retention (dicom_node.retention): when a job's spool and result files were purged and how
+    # many bytes that freed; the rows stay, so the ledger keeps the record of every job.
+    "ALTER TABLE jobs ADD COLUMN purged_at REAL",
+    "ALTER TABLE jobs ADD COLUMN purged_bytes INTEGER",
+    "ALTER TABLE instances ADD COLUMN purged_at REAL",
+)
+
+
 def _statements(statements: Sequence[str]) -> Callable[[sqlite3.Connection], None]:
     def run(db: sqlite3.Connection) -> None:
         for statement in statements:
@@ -112,6 +121,7 @@ MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
     (1, _statements(_V1)),
     (2, _statements(_V2)),
     (3, _statements(_V3)),
+    (4, _statements(_V4)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
