@@ -91,6 +91,9 @@ class Job:
         Status-report tasks sent for the job, and the latest one's id.
     triage:
         The result's triage category (``dicom_node.triage.CATEGORIES``); None until settled.
+    purged_at, purged_bytes:
+        When retention removed the job's spool and result files, and the bytes that freed
+        (``dicom_node.retention``); None while they are kept.
     """
 
     id: int
@@ -116,6 +119,8 @@ class Job:
     report_attempts: int = 0
     report_task_id: str | None = None
     triage: str | None = None
+    purged_at: float | None = None
+    purged_bytes: int | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
