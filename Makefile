@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # set e.g. TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cpu on a machine without
 # a local CPU wheel, so that pip does not fetch the CUDA build.
 TORCH_INDEX ?=
-APT_PACKAGES := dcmtk orthanc redis-server chromium
+APT_PACKAGES := dcmtk orthanc redis-server chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install run test system-deps bench eval-real clean
@@ -30,6 +30,7 @@ system-deps:
 	command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
 	command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
