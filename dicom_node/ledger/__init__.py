@@ -13,10 +13,14 @@ that changes job state. Its parts, each a mixin over one :class:`~.store.Store`:
 ``header_cache``   header summaries read once per instance
 ``reporting``      counts and recent jobs for status
 ``reprocessing``   batch reprocessing runs and the progress of each series they found
+``access``         operator console API tokens and browser sessions (digests only)
+``browsing``       the console's worklist: current jobs by arrival or study
 =================  ==========================================================================
 """
 from __future__ import annotations
 
+from dicom_node.ledger.access import Access, TokenInfo
+from dicom_node.ledger.browsing import Browsing
 from dicom_node.ledger.deliveries import Deliveries
 from dicom_node.ledger.header_cache import HeaderCache
 from dicom_node.ledger.jobs import Jobs
@@ -30,9 +34,9 @@ from dicom_node.ledger.schema import SCHEMA_VERSION, SchemaError
 
 __all__ = [
     "OPEN_STATES", "OUTCOME_STATES", "SCHEMA_VERSION", "Assessment", "Delivery", "DeliveryState", "FailStage",
-    "Job", "JobState", "Ledger", "SchemaError", "TransitionError",
+    "Job", "JobState", "Ledger", "SchemaError", "TokenInfo", "TransitionError",
 ]
 
 
-class Ledger(Receiving, Jobs, Deliveries, HeaderCache, Reporting, Reprocessing):
+class Ledger(Receiving, Jobs, Deliveries, HeaderCache, Reporting, Reprocessing, Access, Browsing):
     """Thread-safe access to the ledger database at ``path`` (see the module docstring)."""

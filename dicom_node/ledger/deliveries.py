@@ -76,12 +76,15 @@ class Deliveries(Store):
                            (JobState.DELIVERED.value, now, job_id))
                 self._event(db, job_id, JobState.DELIVERED, now, None)
 
-    def retry_dead(self, job_id: int | None = None, now: float | None = None) -> int:
-        """Requeue dead-lettered deliveries (all, or one job's); returns how many."""
+    def retry_dead(self, job_id: int | None = None, now: float | None = None, *,
+                   delivery_id: int | None = None) -> int:
+        """Requeue dead-lettered deliveries (all, one job's, or one); returns how many."""
         now = now or time.time()
         query = "UPDATE deliveries SET state=?, attempts=0, next_attempt_at=?, updated_at=? WHERE state=?"
         args: list[Any] = [DeliveryState.PENDING.value, now, now, DeliveryState.DEAD.value]
         if job_id is not None:
             query, args = query + " AND job_id=?", args + [job_id]
+        if delivery_id is not None:
+            query, args = query + " AND id=?", args + [delivery_id]
         with self._tx() as db:
             return db.execute(query, args).rowcount

@@ -108,6 +108,19 @@ _V4 = (
 )
 
 
+_V5 = (
+    # The operator console (dicom_node.console): API tokens by name, of which only a SHA-256 of
+    # the token is kept, and browser sessions opened with one (also kept as a SHA-256 of the
+    # cookie), which end when they expire or their token is revoked.
+    """CREATE TABLE api_tokens (
+        name TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, created_at REAL NOT NULL,
+        last_used_at REAL, revoked_at REAL)""",
+    """CREATE TABLE console_sessions (
+        sha256 TEXT PRIMARY KEY, token_name TEXT NOT NULL, created_at REAL NOT NULL,
+        expires_at REAL NOT NULL)""",
+)
+
+
 def _statements(statements: Sequence[str]) -> Callable[[sqlite3.Connection], None]:
     def run(db: sqlite3.Connection) -> None:
         for statement in statements:
@@ -122,6 +135,7 @@ MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
     (2, _statements(_V2)),
     (3, _statements(_V3)),
     (4, _statements(_V4)),
+    (5, _statements(_V5)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
