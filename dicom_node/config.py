@@ -203,9 +203,15 @@ class ReprocessConfig(_Strict):
 
 
 class HttpConfig(_Strict):
+    """The operator console, API, metrics and health probes (``dicom_node.console``)."""
+
     bind: str = "127.0.0.1"
     port: Port = 8080
     enabled: bool = True
+    #: A browser session ends this long after login; then the token must be entered again.
+    session_minutes: float = Field(default=480, gt=0)
+    #: Mark the session cookie Secure (sent over HTTPS only): turn on behind a TLS proxy.
+    cookie_secure: bool = False
 
 
 class LoggingConfig(_Strict):
