@@ -214,6 +214,28 @@ class HttpConfig(_Strict):
     cookie_secure: bool = False
 
 
+class RetentionConfig(_Strict):
+    """Purging the spool and result files of jobs with nothing left to deliver (``dicom_node.retention``)."""
+
+    enabled: bool = True
+    #: A job's files go this many days after its last change (its delivery, for most jobs).
+    #: None: never by age.
+    max_age_days: float | None = Field(default=30, gt=0)
+    #: While the data folder's disk is fuller than this, jobs go oldest first whatever their
+    #: age, until it is not. None: never for disk space.
+    disk_high_water_percent: float | None = Field(default=90, gt=0, le=100)
+    interval_minutes: float = Field(default=60, gt=0)
+
+
+class AuditConfig(_Strict):
+    """The audit trail in ``<data_dir>/audit/audit.jsonl`` (``dicom_node.observability.audit``)."""
+
+    #: Size at which the file is rotated to ``audit.jsonl.1``.
+    max_file_mb: float = Field(default=20, gt=0)
+    #: Rotated files kept beside the current one.
+    files_kept: int = Field(default=10, ge=1)
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -227,6 +249,8 @@ class Config(_Strict):
     results: ResultsConfig = ResultsConfig()
     http: HttpConfig = HttpConfig()
     logging: LoggingConfig = LoggingConfig()
+    retention: RetentionConfig = RetentionConfig()
+    audit: AuditConfig = AuditConfig()
     triage: TriageConfig = TriageConfig()
     notify: NotifyConfig = NotifyConfig()
     reprocess: ReprocessConfig = ReprocessConfig()

@@ -10,6 +10,8 @@ Stages and the protocol the scheduler's parts implement::
     submitter  submitter.run_once(ledger, now)  complete -> queued; outcomes; lost tasks resubmitted;
                                                 status SRs for not_analysed jobs that want one
     sender     sender.run_once(now)             the durable outbox: C-STORE results, retry, dead-letter
+    auditor    LedgerAuditor.run_once(now)      new ledger events -> the audit trail
+    retention  Retention (a thread of its own)  purges delivered jobs' files by age and disk use
 
 The submitter and sender come from ``dicom_node.submit.make_submitter(cfg, ledger, runner)`` and
 ``dicom_node.sender.make_sender(cfg, ledger)``. With the embedded queue the submitter runs jobs
@@ -39,6 +41,9 @@ from dicom_node.config import Config
 from dicom_node.httpstatus import StatusServer, status_snapshot, write_node_state
 from dicom_node.ledger import Ledger
 from dicom_node.names import LEDGER_FILE
+from dicom_node.observability import audit, metrics
+from dicom_node.observability.ledger_audit import LedgerAuditor
+from dicom_node.retention import Retention
 from dicom_node.sender import make_sender
 from dicom_node.submit import JobRunner, make_submitter
 
@@ -102,6 +107,9 @@ class Node:
         self.assembler = Assembler(cfg, self.ledger)
         self.submitter: Submitter = submitter if submitter is not None else make_submitter(cfg, self.ledger, runner)
         self.sender: Sender = sender if sender is not None else make_sender(cfg, self.ledger)
+        self.auditor = LedgerAuditor(self.ledger, cfg.data_dir)
+        self.retention = Retention(cfg, self.ledger)
+        metrics.bind_ledger(self.ledger)
         self.receiver: Any = None
         self.http: StatusServer | None = None
         self.started_at = clock()
@@ -119,6 +127,7 @@ class Node:
             ("assembler", lambda: self.assembler.run_once(now)),
             ("submitter", lambda: self.submitter.run_once(self.ledger, now)),
             ("sender", lambda: self.sender.run_once(now)),
+            ("audit", lambda: self.auditor.run_once(now)),
         ]
         for name, call in stages:
             try:
@@ -137,6 +146,8 @@ class Node:
         """Start the receiver, the status endpoint and the loop thread; returns at once."""
         from dicom_node.scp import start_receiver  # pynetdicom only where the receiver runs
 
+        audit.configure(self.cfg.data_dir, max_bytes=int(self.cfg.audit.max_file_mb * 1e6),
+                        backup_count=self.cfg.audit.files_kept)
         self.receiver = start_receiver(self.cfg, self.ledger, on_release=self.wake)
         if self.cfg.http.enabled:
             try:
@@ -147,6 +158,7 @@ class Node:
             self.http.start()
         self._loop = threading.Thread(target=self._run, name="node-loop", daemon=True)
         self._loop.start()
+        self.retention.start()
         logger.info("dicom-node serving", extra={
             "ae_title": self.cfg.node.ae_title, "port": self.receiver.port, "data_dir": str(self.cfg.data_dir),
             "broker": _redact(self.cfg.queue.broker_url), "http_port": self.http.port if self.http else None,
@@ -183,6 +195,12 @@ class Node:
                 close()  # e.g. the embedded runner finishes the job it is running
         if self.http is not None:
             self.http.shutdown()
+        self.retention.stop()
+        try:
+            self.auditor.run_once()  # what the last pass and the stages' closing changed
+        except Exception:  # noqa: BLE001 - stopping goes on
+            logger.exception("audit: last pass failed")
+        audit.close()
         self._write_state(stopped=True)
         logger.info("dicom-node stopped")
 

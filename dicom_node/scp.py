@@ -32,6 +32,7 @@ from dicom_node.ledger import Ledger
 from dicom_node.logs import short_uid
 from dicom_node.names import (STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES,
                               STATUS_SUCCESS)
+from dicom_node.observability import events as observed
 from dicom_node.spool import Spool, clean_uid, is_disk_full
 from dicom_node.wire import MalformedDataset, file_meta, scan
 
@@ -114,9 +115,11 @@ def handle_store(event: Event, spool: Spool, ledger: Ledger, state: ReceiverStat
     """
     request = event.request
     sop_uid = str(request.AffectedSOPInstanceUID or "").rstrip("\x00 ")
+    assoc_id = state.assoc_ids.get(event.assoc)
     try:
         if not state.disk_checked(spool.free_gb()):
             state.count("refused_low_disk")
+            observed.instance_refused("low_disk", assoc_id, sop_uid, STATUS_OUT_OF_RESOURCES)
             return _failure(STATUS_OUT_OF_RESOURCES, "receiver disk nearly full; retry later")
         syntax = event.context.transfer_syntax
         with request.DataSet.getbuffer() as body:
@@ -125,12 +128,14 @@ def handle_store(event: Event, spool: Spool, ledger: Ledger, state: ReceiverStat
             except MalformedDataset as exc:
                 state.count("failed")
                 logger.warning("refused an undecodable data set", extra={"sop": short_uid(sop_uid), "why": str(exc)})
+                observed.instance_refused("undecodable", assoc_id, sop_uid, STATUS_CANNOT_UNDERSTAND)
                 return _failure(STATUS_CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}")
             problem = _mismatch(header, sop_uid, str(request.AffectedSOPClassUID or ""))
             if problem:
                 state.count("failed")
                 logger.warning("refused a data set that does not match its request",
                                extra={"sop": short_uid(sop_uid), "why": problem})
+                observed.instance_refused("mismatch", assoc_id, sop_uid, STATUS_DATASET_MISMATCH)
                 return _failure(STATUS_DATASET_MISMATCH, problem)
             meta = file_meta(header.sop_class_uid, sop_uid, syntax, PYNETDICOM_IMPLEMENTATION_UID,
                              PYNETDICOM_IMPLEMENTATION_VERSION, event.assoc.requestor.ae_title)
@@ -142,19 +147,22 @@ def handle_store(event: Event, spool: Spool, ledger: Ledger, state: ReceiverStat
             path = spool.put_file(header.study_uid, header.series_uid, sop_uid, write)
         with state.lock:
             ledger.record_instance(sop_uid, header.study_uid, header.series_uid, header.sop_class_uid, path,
-                                   state.assoc_ids.get(event.assoc))
+                                   assoc_id)
             state.stored += 1
+        observed.instance_stored(assoc_id, header.study_uid, header.series_uid)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("stored", extra={"sop": short_uid(sop_uid), "series": short_uid(header.series_uid)})
         return STATUS_SUCCESS
     except OSError as exc:
         state.count("failed")
         logger.exception("cannot write an instance to the spool", extra={"sop": short_uid(sop_uid)})
+        observed.instance_refused("disk_error", assoc_id, sop_uid, STATUS_OUT_OF_RESOURCES)
         why = "receiver disk full; retry later" if is_disk_full(exc) else f"receiver disk error: {exc.strerror}"
         return _failure(STATUS_OUT_OF_RESOURCES, why)
     except Exception as exc:  # noqa: BLE001 - a handler must answer, never raise
         state.count("failed")
         logger.exception("unexpected failure while storing an instance", extra={"sop": short_uid(sop_uid)})
+        observed.instance_refused("error", assoc_id, sop_uid, STATUS_CANNOT_UNDERSTAND)
         return _failure(STATUS_CANNOT_UNDERSTAND, f"receiver error: {type(exc).__name__}")
 
 
@@ -194,6 +202,8 @@ def handle_accepted(event: Event, ledger: Ledger, state: ReceiverState) -> None:
             ledger.open_association(assoc_id, calling, called_ae=called_ae_title(event))
     except Exception:  # noqa: BLE001 - the association itself can go on; instances carry the id
         logger.exception("cannot record an association in the ledger", extra={"assoc": assoc_id})
+    observed.association_opened(assoc_id, calling, called_ae_title(event),
+                                f"{event.assoc.requestor.address}:{event.assoc.requestor.port}")
     logger.info("association accepted", extra={"assoc": assoc_id, "calling_ae": calling,
                                                 "peer": event.assoc.requestor.address})
 
@@ -208,6 +218,7 @@ def handle_closed(event: Event, ledger: Ledger, state: ReceiverState) -> None:
     except Exception:  # noqa: BLE001
         logger.exception("cannot record the end of an association", extra={"assoc": assoc_id})
     how = "aborted" if event.assoc.is_aborted else "released"
+    observed.association_closed(assoc_id, how)
     logger.info(f"association {how}", extra={"assoc": assoc_id})
     if state.on_release is not None:
         state.on_release()
@@ -219,6 +230,7 @@ def handle_rejected(event: Event, allowed: list[str], max_associations: int) -> 
               else f"node.max_associations ({max_associations}) associations already open")
     logger.warning("association rejected", extra={"calling_ae": calling, "peer": event.assoc.requestor.address,
                                                   "why": reason})
+    observed.association_rejected(calling, f"{event.assoc.requestor.address}:{event.assoc.requestor.port}", reason)
 
 
 # -- building and starting ----------------------------------------------------------------------

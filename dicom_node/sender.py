@@ -23,6 +23,7 @@ from typing import Any, Callable, Protocol, Sequence
 from dicom_node.config import Config, Destination
 from dicom_node.ledger import Delivery, Ledger
 from dicom_node.notify.send import notify_once, receiver_for
+from dicom_node.observability import events as observed
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,8 @@ class Sender:
         except Exception:
             self.ledger.delivery_attempted(delivery.id, ok=False, dead=True, now=now,
                                            error=f"destination {delivery.destination!r} is no longer configured")
+            observed.delivery_attempted(delivery.job_id, delivery.destination, delivery.kind, "dead",
+                                        delivery.attempts + 1, "destination no longer configured")
             logger.error("delivery dead: destination not configured", extra={"job": delivery.job_id,
                                                                              "destination": delivery.destination})
             return False
@@ -171,6 +174,7 @@ class Sender:
         if error is None:
             self.ledger.delivery_attempted(delivery.id, ok=True, now=now)
             logger.info("results delivered", extra={**log, "seconds": round(time.time() - started, 3)})
+            observed.delivery_attempted(job.id, dest.name, delivery.kind, "sent", delivery.attempts + 1)
             return True
         return self._failed(delivery, dest, error, log, now)
 
@@ -180,6 +184,8 @@ class Sender:
         now = time.time() if now is None else now
         if result.error is None:
             self.ledger.delivery_attempted(delivery.id, ok=True, now=now)
+            observed.delivery_attempted(delivery.job_id, delivery.destination, delivery.kind, "sent",
+                                        delivery.attempts + 1)
             return True
         log = {"job": delivery.job_id, "destination": delivery.destination, "attempt": delivery.attempts + 1}
         try:
@@ -188,6 +194,8 @@ class Sender:
             receiver = None
         if result.permanent or receiver is None:
             self.ledger.delivery_attempted(delivery.id, ok=False, error=result.error, dead=True, now=now)
+            observed.delivery_attempted(delivery.job_id, delivery.destination, delivery.kind, "dead",
+                                        delivery.attempts + 1, result.error)
             logger.error("notification dead: retrying cannot help; fix, then `dicom-node retry`",
                          extra={**log, "error": result.error})
             return False
@@ -196,6 +204,8 @@ class Sender:
     def _failed(self, delivery: Delivery, dest: Retrying, error: str, log: dict[str, Any], now: float) -> bool:
         """Record a failed attempt: retry after a backoff, or dead after the last attempt."""
         attempt = delivery.attempts + 1
+        observed.delivery_attempted(delivery.job_id, delivery.destination, delivery.kind,
+                                    "dead" if attempt >= dest.max_attempts else "retry", attempt, error)
         if attempt >= dest.max_attempts:
             self.ledger.delivery_attempted(delivery.id, ok=False, error=error, dead=True, now=now)
             logger.error("delivery dead after the last attempt; `dicom-node retry` requeues it",

@@ -15,6 +15,7 @@ that changes job state. Its parts, each a mixin over one :class:`~.store.Store`:
 ``reprocessing``   batch reprocessing runs and the progress of each series they found
 ``access``         operator console API tokens and browser sessions (digests only)
 ``browsing``       the console's worklist: current jobs by arrival or study
+``purging``        retention: jobs whose files may go, and the record that they went
 =================  ==========================================================================
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dicom_node.ledger.browsing import Browsing
 from dicom_node.ledger.deliveries import Deliveries
 from dicom_node.ledger.header_cache import HeaderCache
 from dicom_node.ledger.jobs import Jobs
+from dicom_node.ledger.purging import Purging
 from dicom_node.ledger.receiving import Receiving
 from dicom_node.ledger.records import (
     OPEN_STATES, OUTCOME_STATES, Assessment, Delivery, DeliveryState, FailStage, Job, JobState, TransitionError,
@@ -38,5 +40,6 @@ __all__ = [
 ]
 
 
-class Ledger(Receiving, Jobs, Deliveries, HeaderCache, Reporting, Reprocessing, Access, Browsing):
+class Ledger(Receiving, Jobs, Deliveries, HeaderCache, Reporting, Reprocessing, Access, Browsing,
+             Purging):
     """Thread-safe access to the ledger database at ``path`` (see the module docstring)."""

@@ -67,6 +67,10 @@ class Receiving(Store):
             known = db.execute("SELECT purged_at FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
             if known is not None and known[0] is None:
                 return False
+            if known is not None and not Path(path).is_file():
+                # Retention purged the instance and, in the same transaction, the file just
+                # written for it again: the failure status makes the sender retry.
+                raise FileNotFoundError(f"{path}: removed by retention while being received; send again")
             job_id = self._job_for_new_instance(db, series_uid, study_uid, now)
             db.execute("INSERT OR REPLACE INTO instances(sop_uid, series_uid, study_uid, sop_class_uid, path, "
                        "assoc_id, received_at, job_id, purged_at) VALUES (?,?,?,?,?,?,?,?,NULL)",

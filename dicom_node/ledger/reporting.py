@@ -35,3 +35,49 @@ class Reporting(Store):
         instances, last = db.execute("SELECT COUNT(*), MAX(received_at) FROM instances").fetchone()
         open_assocs = db.execute("SELECT COUNT(*) FROM associations WHERE closed_at IS NULL").fetchone()[0]
         return {"instances": int(instances), "last_instance_at": last, "open_associations": int(open_assocs)}
+
+    # -- operators' views: metrics (dicom_node.observability) and the audit trail ----------------
+    def series_by_state(self) -> dict[str, int]:
+        """Series counted by the state of their latest job."""
+        rows = self._db().execute("SELECT state, COUNT(*) FROM jobs WHERE id IN (SELECT MAX(id) FROM jobs "
+                                  "GROUP BY series_uid) GROUP BY state")
+        return {r[0]: r[1] for r in rows}
+
+    def outbox_summary(self) -> list[sqlite3.Row]:
+        """Per destination and kind: ``pending``, ``retrying`` (pending after a failed attempt)
+        and ``dead`` deliveries."""
+        return list(self._db().execute(
+            "SELECT destination, kind, SUM(state='pending') AS pending, "
+            "SUM(state='pending' AND attempts>0) AS retrying, SUM(state='dead') AS dead "
+            "FROM deliveries GROUP BY destination, kind ORDER BY destination, kind"))
+
+    def events_after(self, after_id: int, limit: int = 1000) -> list[sqlite3.Row]:
+        """State-change events with ``id > after_id``, oldest first, with their job's columns
+        (prefixed ``job_``) and, per event, ``queued_at``: the latest ``queued`` event before it.
+
+        Event ids grow in commit order (one writer at a time), so a reader that remembers the
+        last id it saw misses none and sees none twice.
+        """
+        return list(self._db().execute(
+            "SELECT e.id, e.job_id, e.state, e.at, e.detail, j.series_uid AS job_series_uid, "
+            "j.study_uid AS job_study_uid, j.reason AS job_reason, j.fail_stage AS job_fail_stage, "
+            "j.lane AS job_lane, j.triage AS job_triage, j.last_instance_at AS job_last_instance_at, "
+            "j.worker_outcome_json AS job_worker_outcome_json, j.assessed_instances AS job_assessed_instances, "
+            "(SELECT MAX(q.at) FROM events q WHERE q.job_id=e.job_id AND q.id<e.id AND q.state='queued') "
+            "AS queued_at, "
+            "(SELECT MAX(o.at) FROM events o WHERE o.job_id=e.job_id AND o.id<e.id "
+            "AND o.state IN ('done','failed','not_analysed')) AS outcome_at, "
+            "(SELECT COUNT(*) FROM events c WHERE c.job_id=e.job_id AND c.id<e.id "
+            "AND c.state IN ('complete','not_analysed')) AS decided_before "
+            "FROM events e JOIN jobs j ON j.id = e.job_id WHERE e.id > ? ORDER BY e.id LIMIT ?",
+            (after_id, limit)))
+
+    def last_event_id(self) -> int:
+        return int(self._db().execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+
+    def last_sent_at(self, job_id: int) -> dict[str, float]:
+        """Per delivery kind (``dicom``, ``hl7``, ``webhook``): when the job's last delivery of
+        that kind was acknowledged."""
+        rows = self._db().execute("SELECT kind, MAX(updated_at) FROM deliveries WHERE job_id=? AND state='sent' "
+                                  "GROUP BY kind", (job_id,))
+        return {r[0]: r[1] for r in rows}
