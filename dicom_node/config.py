@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dicom_node import tls as tls_files
+from dicom_node.tls import PeerTlsConfig, TlsConfig
 from dicom_node.worklist_config import NotifyConfig, TriageConfig
 
 ENV_VAR = "DICOM_NODE_CONFIG"
@@ -54,6 +56,10 @@ class NodeConfig(_Strict):
     acse_timeout_s: float = Field(default=30, gt=0)
     dimse_timeout_s: float = Field(default=60, gt=0)
     network_timeout_s: float = Field(default=60, gt=0)
+    #: DICOM TLS: with it, ``port`` speaks TLS only (``dicom_node.tls``).
+    tls: TlsConfig | None = None
+    #: An unencrypted listener beside the TLS one, for modalities that cannot do TLS.
+    plain_port: Port | None = None
 
     _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
 
@@ -61,6 +67,15 @@ class NodeConfig(_Strict):
     @classmethod
     def _aets(cls, value: list[str]) -> list[str]:
         return [_check_ae_title(v) for v in value]
+
+    @model_validator(mode="after")
+    def _plain_port(self) -> "NodeConfig":
+        if self.plain_port is not None and self.tls is None:
+            raise ValueError("node.plain_port only applies beside node.tls (without tls:, node.port is already "
+                             "plain DICOM); remove it")
+        if self.plain_port is not None and self.plain_port == self.port:
+            raise ValueError(f"node.plain_port must differ from node.port; both are {self.port}")
+        return self
 
 
 class TextRules(_Strict):
@@ -112,6 +127,8 @@ class Destination(_Strict):
     #: query/retrieve: ``move`` (C-MOVE to node.ae_title, C-GET when the PACS refuses) or
     #: ``get`` (C-GET only, for a PACS that cannot be told about the node).
     retrieve: Literal["move", "get"] = "move"
+    #: DICOM TLS to this peer, for every association (store, echo, query/retrieve).
+    tls: PeerTlsConfig | None = None
 
     _ae = field_validator("ae_title")(lambda cls, v: _check_ae_title(v))
 
@@ -310,6 +327,24 @@ def _check_data_dir(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: node.data_dir: cannot read free space of {path}")
 
 
+def _check_tls(cfg: Config, source: str, base_dir: Path | None) -> Config:
+    """Resolve the ``tls:`` paths against ``base_dir`` and check their files."""
+    node, dests = cfg.node, list(cfg.destinations)
+    try:
+        if node.tls is not None:
+            if base_dir is not None:
+                node = node.model_copy(update={"tls": tls_files.resolve(node.tls, base_dir)})
+            tls_files.check_files(node.tls, "node.tls")
+        for i, dest in enumerate(dests):
+            if dest.tls is not None:
+                if base_dir is not None:
+                    dests[i] = dest = dest.model_copy(update={"tls": tls_files.resolve(dest.tls, base_dir)})
+                tls_files.check_files(dest.tls, f"destinations.{i}.tls (destination {dest.name!r})")
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return cfg.model_copy(update={"node": node, "destinations": dests})
+
+
 def parse_config(data: dict | None, source: str = "<config>", base_dir: Path | None = None) -> Config:
     """Validate a mapping as read from YAML; relative paths are taken from ``base_dir``."""
     if data is None:
@@ -325,6 +360,7 @@ def parse_config(data: dict | None, source: str = "<config>", base_dir: Path | N
         weights = cfg.model.weights
         model = cfg.model.model_copy(update={"weights": base_dir / weights if weights else None})
         cfg = cfg.model_copy(update={"node": node, "model": model})
+    cfg = _check_tls(cfg, source, base_dir)
     _check_data_dir(cfg, source)
     return cfg
 

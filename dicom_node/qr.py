@@ -26,7 +26,8 @@ from pynetdicom.sop_class import (
 )
 
 from dicom_node.contract import CT_FAMILY
-from dicom_node.scu import DeliveryError, Peer, _associate
+from dicom_node.scu import DeliveryError, Peer, _associate, _why_not_established
+from dicom_node.tls import tls_args
 
 #: Move destination unknown (PS3.4 C.4.2.1.5): the PACS has no address for the AE title.
 STATUS_MOVE_DESTINATION_UNKNOWN = 0xA801
@@ -198,9 +199,10 @@ def get_series(src: Peer, calling_ae: str, study_uid: str, series_uid: str, on_s
     roles = [build_role(sop_class, scp_role=True) for sop_class in sorted(CT_FAMILY)]
     ae.requested_contexts = contexts
     assoc = ae.associate(src.host, int(src.port), ae_title=src.ae_title, ext_neg=roles,
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)], tls_args=tls_args(src))
     if not assoc.is_established:
-        raise DeliveryError(f"{src.ae_title}@{src.host}:{src.port} refused or did not answer the C-GET association")
+        why = "rejected" if assoc.is_rejected else _why_not_established(ae, src, tls_args(src))
+        raise DeliveryError(f"{src.ae_title}@{src.host}:{src.port} C-GET association: {why}")
     try:
         if on_open is not None:
             on_open(assoc)

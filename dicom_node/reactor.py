@@ -51,6 +51,8 @@ class EventDUL(DULServiceProvider):
     def _wait(self, delay: float) -> None:
         raw = getattr(self.socket, "socket", None)
         assert self._wake_fds is not None
+        if self._tls_pending(raw):
+            return  # TLS: bytes already decrypted, which select() cannot see
         try:
             ready, _, _ = select.select([self._wake_fds[0]] + ([raw] if raw is not None else []), [], [], delay)
         except (OSError, ValueError):  # socket closed meanwhile
@@ -61,6 +63,14 @@ class EventDUL(DULServiceProvider):
                 os.read(self._wake_fds[0], 4096)
             except OSError:
                 pass
+
+    @staticmethod
+    def _tls_pending(raw: Any) -> bool:
+        pending = getattr(raw, "pending", None)
+        try:
+            return bool(pending is not None and pending())
+        except (OSError, ValueError):  # closed meanwhile
+            return False
 
     def run_reactor(self) -> None:
         read_fd, write_fd = os.pipe()

@@ -25,6 +25,7 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from dicom_node import netfast
 from dicom_node.config import Config
@@ -34,6 +35,8 @@ from dicom_node.names import (STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH,
                               STATUS_SUCCESS)
 from dicom_node.observability import events as observed
 from dicom_node.spool import Spool, clean_uid, is_disk_full
+from dicom_node.tls import peer_subject, server_context
+from dicom_node.tls_server import TlsAssociationServer
 from dicom_node.wire import MalformedDataset, file_meta, scan
 
 logger = logging.getLogger(__name__)
@@ -204,8 +207,11 @@ def handle_accepted(event: Event, ledger: Ledger, state: ReceiverState) -> None:
         logger.exception("cannot record an association in the ledger", extra={"assoc": assoc_id})
     observed.association_opened(assoc_id, calling, called_ae_title(event),
                                 f"{event.assoc.requestor.address}:{event.assoc.requestor.port}")
-    logger.info("association accepted", extra={"assoc": assoc_id, "calling_ae": calling,
-                                                "peer": event.assoc.requestor.address})
+    extra = {"assoc": assoc_id, "calling_ae": calling, "peer": event.assoc.requestor.address}
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if hasattr(sock, "getpeercert"):  # DICOM TLS: whose certificate it was (a device, never a patient)
+        extra["tls_peer"] = peer_subject(sock) or "(no certificate)"
+    logger.info("association accepted", extra=extra)
 
 
 def handle_closed(event: Event, ledger: Ledger, state: ReceiverState) -> None:
@@ -253,11 +259,15 @@ def make_ae(cfg: Config) -> AE:
 
 
 def make_server(cfg: Config, spool: Spool, ledger: Ledger, state: ReceiverState | None = None, *,
-                tuned: bool = True) -> ThreadedAssociationServer:
+                tuned: bool = True, ae: AE | None = None, port: int | None = None,
+                plain: bool = False) -> ThreadedAssociationServer:
     """Start a non-blocking C-STORE/C-ECHO server; stop it with ``server.shutdown()``.
 
-    ``tuned=False`` leaves pynetdicom's receive path as shipped (no :func:`netfast.tune_server`),
-    for measuring what the tuning is worth (``bench/receive.py --receiver stock``).
+    It listens on ``port`` (default ``node.port``) and speaks TLS only when ``node.tls`` is set,
+    unless ``plain`` (the ``node.plain_port`` listener). Servers sharing ``ae`` share its
+    ``node.max_associations``. ``tuned=False`` leaves pynetdicom's receive path as shipped (no
+    :func:`netfast.tune_server`), for measuring what the tuning is worth
+    (``bench/receive.py --receiver stock``).
     """
     state = state or ReceiverState(cfg.node.min_free_disk_gb)
     handlers = [
@@ -267,8 +277,16 @@ def make_server(cfg: Config, spool: Spool, ledger: Ledger, state: ReceiverState 
         (evt.EVT_CONN_CLOSE, handle_closed, [ledger, state]),
         (evt.EVT_REJECTED, handle_rejected, [list(cfg.node.allowed_calling_aets), cfg.node.max_associations]),
     ]
-    ae = make_ae(cfg)
-    server = ae.start_server((cfg.node.bind, cfg.node.port), block=False, evt_handlers=handlers)
+    ae = ae or make_ae(cfg)
+    address = (cfg.node.bind, cfg.node.port if port is None else port)
+    tls = None if plain else cfg.node.tls
+    if tls is None:
+        server = ae.start_server(address, block=False, evt_handlers=handlers)
+    else:
+        server = ae.make_server(address, ssl_context=server_context(tls), evt_handlers=handlers,
+                                server_class=TlsAssociationServer, handshake_timeout=cfg.node.acse_timeout_s)
+        threading.Thread(target=make_target(server.serve_forever), name=f"TlsAcceptor@{address[1]}",
+                         daemon=True).start()
     if tuned:
         netfast.tune_server(server)
     return server
@@ -300,6 +318,8 @@ class Receiver:
     server: ThreadedAssociationServer
     spool: Spool
     state: ReceiverState
+    #: The unencrypted listener beside a TLS one (``node.plain_port``), if configured.
+    plain_server: ThreadedAssociationServer | None = None
 
     @property
     def port(self) -> int:
@@ -310,6 +330,8 @@ class Receiver:
 
     def shutdown(self) -> None:
         self.server.shutdown()
+        if self.plain_server is not None:
+            self.plain_server.shutdown()
 
 
 def start_receiver(cfg: Config, ledger: Ledger, spool: Spool | None = None,
@@ -326,8 +348,18 @@ def start_receiver(cfg: Config, ledger: Ledger, spool: Spool | None = None,
     rescan(spool, ledger)
     state = ReceiverState(cfg.node.min_free_disk_gb, on_release=on_release)
     state.disk_checked(spool.free_gb())
-    server = make_server(cfg, spool, ledger, state, tuned=tuned)
+    ae = make_ae(cfg)
+    server = make_server(cfg, spool, ledger, state, tuned=tuned, ae=ae)
+    plain = None
+    if cfg.node.tls is not None and cfg.node.plain_port is not None:
+        try:
+            plain = make_server(cfg, spool, ledger, state, tuned=tuned, ae=ae, port=cfg.node.plain_port, plain=True)
+        except OSError:
+            server.shutdown()  # leave nothing listening behind
+            raise
+        logger.warning("unencrypted listener open beside the TLS one (node.plain_port)",
+                       extra={"bind": cfg.node.bind, "port": plain.server_address[1]})
     logger.info("receiver listening", extra={"ae_title": cfg.node.ae_title, "bind": cfg.node.bind,
-                                             "port": server.server_address[1]})
-    return Receiver(server=server, spool=spool, state=state)
+                                             "port": server.server_address[1], "tls": cfg.node.tls is not None})
+    return Receiver(server=server, spool=spool, state=state, plain_server=plain)
 

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol, Sequence
@@ -32,6 +33,7 @@ from pynetdicom.sop_class import Verification
 
 from dicom_node.config import ConfigError, Destination
 from dicom_node.logs import short_uid
+from dicom_node.tls import probe, tls_args
 
 logger = logging.getLogger(__name__)
 
@@ -105,19 +107,29 @@ def _where(dest: Peer) -> str:
 
 
 def _associate(ae: AE, dest: Peer, contexts: list[PresentationContext]):  # -> Association
-    assoc = ae.associate(dest.host, int(dest.port), contexts=contexts, ae_title=dest.ae_title)
+    """An established association to ``dest`` (over TLS when it has a ``tls:`` block); raises
+    :class:`DeliveryError` saying why not."""
+    tls = tls_args(dest)
+    assoc = ae.associate(dest.host, int(dest.port), contexts=contexts, ae_title=dest.ae_title, tls_args=tls)
     if assoc.is_established:
         return assoc
     if assoc.is_rejected:
         raise DeliveryError(f"{_where(dest)} rejected the association "
                             "(called AE title wrong, our calling AE not allowed there, or too busy)")
-    # pynetdicom reports a failed TCP connect as an abort; tell the two apart for the admin.
+    raise DeliveryError(f"{_where(dest)} {_why_not_established(ae, dest, tls)}")
+
+
+def _why_not_established(ae: AE, dest: Peer, tls: tuple[ssl.SSLContext, str] | None) -> str:
+    """pynetdicom reports a failed TCP connect and a failed TLS handshake as an abort: connect
+    once more to tell the admin which it was."""
+    if tls is not None:
+        why = probe(dest.host, int(dest.port), tls[0], ae.connection_timeout or 30)
+        return why or "aborted the association during negotiation (no common presentation context, or the peer failed)"
     try:
         socket.create_connection((dest.host, int(dest.port)), timeout=ae.connection_timeout).close()
     except OSError as exc:
-        raise DeliveryError(f"{_where(dest)} cannot be reached: {exc.strerror or exc}") from None
-    raise DeliveryError(f"{_where(dest)} aborted the association during negotiation "
-                        "(no common presentation context, or the peer failed)")
+        return f"cannot be reached: {exc.strerror or exc}"
+    return "aborted the association during negotiation (no common presentation context, or the peer failed)"
 
 
 def echo(dest: Peer, calling_ae: str, timeout: float = 30) -> int:

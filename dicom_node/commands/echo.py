@@ -31,7 +31,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         print(f"C-ECHO {dest.name}: FAILED: {exc}", file=sys.stderr)
         return 1
     ms = (time.monotonic() - started) * 1000
-    where = f"{dest.ae_title}@{dest.host}:{dest.port}"
+    where = f"{dest.ae_title}@{dest.host}:{dest.port}" + (", TLS" if dest.tls is not None else "")
     if status != 0:
         print(f"C-ECHO {dest.name} ({where}): FAILED: status 0x{status:04X}", file=sys.stderr)
         return 1

@@ -1,0 +1,59 @@
+"""The receiver's TLS listener: pynetdicom's threaded server with the handshake moved into each
+connection's own thread.
+
+pynetdicom 3.0.4 wraps an accepted socket with the server's context inside ``get_request``,
+which runs in the one thread that accepts every connection, and the handshake happens there.
+A peer that opens TCP and sends nothing (or sends plain DICOM slowly) would hold up every
+other peer for as long as it likes. Here ``get_request`` only wraps the socket; the
+handshake runs in the connection's thread under ``node.acse_timeout_s``, and a failed one is
+logged with the reason and the connection closed, while the server goes on accepting.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from typing import Any
+
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_node.tls import explain_refused
+
+logger = logging.getLogger(__name__)
+
+
+class TlsAssociationServer(ThreadedAssociationServer):
+    """``ThreadedAssociationServer`` that runs each TLS handshake in the connection's thread.
+
+    Parameters
+    ----------
+    *args, **kwargs:
+        As ``ThreadedAssociationServer`` (``ssl_context`` is required).
+    handshake_timeout:
+        Seconds a client has to complete the handshake.
+    """
+
+    def __init__(self, *args: Any, handshake_timeout: float, **kwargs: Any) -> None:
+        self.handshake_timeout = handshake_timeout
+        super().__init__(*args, **kwargs)
+        if self.ssl_context is None:
+            raise ValueError("TlsAssociationServer needs an ssl_context")
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        assert self.socket is not None and self.ssl_context is not None
+        client, address = self.socket.accept()
+        wrapped = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return wrapped, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            request.settimeout(self.handshake_timeout)
+            request.do_handshake()
+            request.settimeout(None)
+        except (ssl.SSLError, OSError) as exc:
+            logger.warning("TLS connection refused", extra={
+                "peer": client_address[0] if isinstance(client_address, tuple) else client_address,
+                "why": explain_refused(exc, self.handshake_timeout)})
+            self.shutdown_request(request)
+            return
+        super().finish_request(request, client_address)
