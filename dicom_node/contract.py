@@ -6,8 +6,10 @@ same ``data_dir``) share only what this module defines:
 - the task name :data:`TASK_NAME`, published on one of the :data:`LANES` with the arguments
   ``(job_id, "results/<job id>/job.json")``;
 - ``results/<job id>/job.json``, a :class:`Manifest` the node writes;
-- ``heartbeat``, touched by the worker while it runs (:func:`heartbeat`), and ``starts``, one
-  line per task start (:func:`count_start`);
+- the heartbeat a worker keeps while it runs: with a Redis broker a key with a time to live
+  (:func:`redis_heartbeat`), with the embedded queue the ``heartbeat`` file (:func:`heartbeat`),
+  both from :mod:`dicom_node.heartbeats`;
+- ``starts``, one line per task start (:func:`count_start`);
 - ``outcome.json``, an :class:`Outcome` the worker writes last, atomically;
 - the Celery/kombu settings both sides connect with (:func:`broker_options`).
 
@@ -17,18 +19,20 @@ each side refuses another one. No third-party imports, except kombu inside :func
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import socket
-import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from dicom_node.atomic import write_json_atomic
+from dicom_node.heartbeats import (
+    HEARTBEAT_INTERVAL_S, HEARTBEAT_KEY_PREFIX, heartbeat, heartbeat_age, heartbeat_interval, heartbeat_key,
+    redis_heartbeat,
+)
 from dicom_node.names import HEARTBEAT_FILE, OUTCOME_FILE, RESULTS_DIR
 
 if TYPE_CHECKING:
@@ -38,7 +42,8 @@ __all__ = [
     "CT_FAMILY", "CT_IMAGE_STORAGE", "ENHANCED_CT_IMAGE_STORAGE", "FINAL_STATES", "FORMAT",
     "LANES", "LEGACY_CONVERTED_ENHANCED_CT_IMAGE_STORAGE", "MANIFEST_FILE", "MODES", "STARTS_FILE",
     "TASK_NAME", "Manifest", "ManifestError", "Outcome", "broker_options", "count_start", "heartbeat",
-    "heartbeat_age", "job_dir", "manifest_ref", "read_manifest", "read_outcome", "write_manifest",
+    "HEARTBEAT_INTERVAL_S", "HEARTBEAT_KEY_PREFIX", "heartbeat_age", "heartbeat_interval", "heartbeat_key",
+    "job_dir", "redis_heartbeat", "manifest_ref", "read_manifest", "read_outcome", "write_manifest",
     "write_outcome",
 ]  # fmt: skip
 
@@ -279,53 +284,6 @@ def count_start(folder: str | Path) -> int:
     finally:
         os.close(fd)
     return len(path.read_bytes().splitlines())
-
-
-@contextlib.contextmanager
-def heartbeat(folder: str | Path, interval_s: float = 2.0) -> Iterator[Path]:
-    """Touch ``folder/heartbeat`` now and every ``interval_s`` until the block ends.
-
-    The node reads the file's mtime (:func:`heartbeat_age`): fresh means running, stale means
-    the worker died.
-    """
-    path = Path(folder) / HEARTBEAT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stop = threading.Event()
-    stamp = f"{socket.gethostname()} {os.getpid()}\n"
-    staging = path.with_name(f".{HEARTBEAT_FILE}.{os.getpid()}.tmp")
-
-    def touch() -> None:
-        # Rename over the file rather than rewrite it: a reader (the node, a watchdog script)
-        # must never catch it truncated and empty. No fsync: only the mtime matters, and only
-        # while this process lives.
-        staging.write_text(stamp, encoding="utf-8")
-        os.replace(staging, path)
-
-    def beat() -> None:
-        while True:
-            try:
-                touch()
-            except OSError:
-                pass  # a full disk must not kill the job; the node then sees a stale heartbeat
-            if stop.wait(interval_s):
-                return
-
-    touch()
-    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield path
-    finally:
-        stop.set()
-        thread.join(timeout=interval_s + 1)
-
-
-def heartbeat_age(folder: str | Path, now: float) -> float | None:
-    """Seconds since the worker last touched ``folder/heartbeat``; None when there is none."""
-    try:
-        return now - (Path(folder) / HEARTBEAT_FILE).stat().st_mtime
-    except OSError:
-        return None
 
 
 def broker_options(cfg: "Config") -> dict[str, Any]:

@@ -14,7 +14,7 @@ import socket
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import pydicom
 
@@ -25,7 +25,7 @@ from dicom_node.contract import (
 )
 from dicom_node.logs import short_uid
 
-__all__ = ["PREVIEW_FILE", "analyse_series", "run_job"]
+__all__ = ["PREVIEW_FILE", "HeartbeatFactory", "analyse_series", "file_heartbeat", "run_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,14 @@ MAX_KEY_IMAGES = 8
 _MAX_REASON = 400
 
 SegmenterSource = Any  # a loaded Segmenter, or a zero-argument callable returning one
+#: Makes what keeps a job's heartbeat while it runs, from (job folder, job id): the Celery task
+#: passes a Redis key (``dicom_node.heartbeats.redis_heartbeat``); the default is the file.
+HeartbeatFactory = Callable[[Path, int], ContextManager[Any]]
+
+
+def file_heartbeat(folder: Path, job_id: int) -> ContextManager[Any]:
+    """The embedded queue's heartbeat: ``folder/heartbeat``, touched while the job runs."""
+    return heartbeat(folder)
 
 
 def _reason(prefix: str, exc: BaseException) -> str:
@@ -235,7 +243,7 @@ def _build(run: _Run, sources: list[pydicom.Dataset], prediction: Any, preview: 
 
 
 def run_job(manifest_path: str | Path, data_dir: str | Path, cfg: Config,
-            segmenter: SegmenterSource) -> dict[str, Any]:
+            segmenter: SegmenterSource, beat: HeartbeatFactory = file_heartbeat) -> dict[str, Any]:
     """Run the job described by a manifest and write its outcome; idempotent.
 
     Parameters
@@ -248,6 +256,8 @@ def run_job(manifest_path: str | Path, data_dir: str | Path, cfg: Config,
         Configuration.
     segmenter:
         As for :func:`analyse_series`.
+    beat:
+        Keeps the job's heartbeat while the analysis runs (:data:`HeartbeatFactory`).
 
     Returns
     -------
@@ -272,7 +282,7 @@ def run_job(manifest_path: str | Path, data_dir: str | Path, cfg: Config,
     sources = [data_dir / p for p in manifest.instances]
     log = {"job": manifest.job_id, "series": short_uid(manifest.series_uid), "mode": manifest.mode}
     logger.info("job started", extra=log)
-    with heartbeat(folder):
+    with beat(folder, manifest.job_id):
         outcome = _analyse(sources, folder, cfg, segmenter, rel_to=data_dir, mode=manifest.mode,
                            state=manifest.state, reason=manifest.reason, fail_stage=manifest.fail_stage,
                            preview=cfg.results.preview_png)
@@ -284,7 +294,7 @@ def run_job(manifest_path: str | Path, data_dir: str | Path, cfg: Config,
 
 
 def failed_outcome(manifest_path: str | Path, data_dir: str | Path, cfg: Config, reason: str,
-                   fail_stage: str) -> dict[str, Any]:
+                   fail_stage: str, beat: HeartbeatFactory = file_heartbeat) -> dict[str, Any]:
     """Write a failed outcome (with a status SR) without running the model.
 
     Used by the task when a job keeps killing its worker: the outcome makes the failure
@@ -297,7 +307,7 @@ def failed_outcome(manifest_path: str | Path, data_dir: str | Path, cfg: Config,
     existing = read_outcome(folder, manifest)
     if existing is not None:
         return existing.to_dict()
-    with heartbeat(folder):  # the node looks for an outcome only where a heartbeat is
+    with beat(folder, manifest.job_id):  # the node looks for an outcome only where a heartbeat is
         outcome = _analyse([data_dir / p for p in manifest.instances], folder, cfg, None, rel_to=data_dir,
                            mode="report", state="failed", reason=reason, fail_stage=fail_stage)
     outcome = replace(outcome, job_id=manifest.job_id, manifest_digest=manifest.digest)

@@ -6,19 +6,37 @@ pipeline with the process's cached model and returns a short summary; the real r
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from celery import Celery, Task
 
 from dicom_node.config import Config
 from dicom_node.contract import TASK_NAME, count_start, job_dir, read_manifest
+from dicom_node.heartbeats import redis_heartbeat
 from worker import model_cache
-from worker.pipeline import failed_outcome, run_job
+from worker.pipeline import HeartbeatFactory, failed_outcome, run_job
 
 __all__ = ["register_tasks"]
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def broker_heartbeat(cfg: Config) -> Iterator[HeartbeatFactory]:
+    """The heartbeat of a Celery task: a key in the broker's Redis that lives
+    ``queue.heartbeat_timeout_s`` after each beat, so the node (on any host) sees this worker
+    alive while the key exists. The client is made in the process that runs the task (after
+    any fork) and closed with it."""
+    import redis
+
+    client = redis.Redis.from_url(cfg.queue.broker_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        yield lambda _folder, job_id: redis_heartbeat(client, job_id, cfg.queue.heartbeat_timeout_s)
+    finally:
+        client.close()
 
 
 def segment(cfg: Config, job_id: int, manifest_path: str, *, redelivered: bool = False) -> dict[str, Any]:
@@ -30,18 +48,19 @@ def segment(cfg: Config, job_id: int, manifest_path: str, *, redelivered: bool =
     with a status report instead of being run again.
     """
     manifest = read_manifest(cfg.data_dir / manifest_path)
-    if manifest.mode == "report":  # quick and header-only: nothing to guard
-        outcome = run_job(manifest_path, cfg.data_dir, cfg, None)
-        return {"job_id": job_id, "state": outcome["state"], "files": len(outcome["files"])}
-    starts = count_start(job_dir(cfg.data_dir, job_id))
-    if redelivered or starts > 1:
-        logger.warning("job started again", extra={"job": job_id, "start": starts, "redelivered": redelivered})
-    if starts > cfg.queue.max_submissions:
-        reason = (f"the worker stopped {starts - 1} times while analysing this series (killed or crashed); "
-                  "it is not retried")
-        outcome = failed_outcome(manifest_path, cfg.data_dir, cfg, reason, "inference")
-    else:
-        outcome = run_job(manifest_path, cfg.data_dir, cfg, lambda: model_cache.get_segmenter(cfg))
+    with broker_heartbeat(cfg) as beat:
+        if manifest.mode == "report":  # quick and header-only: nothing to guard
+            outcome = run_job(manifest_path, cfg.data_dir, cfg, None, beat)
+            return {"job_id": job_id, "state": outcome["state"], "files": len(outcome["files"])}
+        starts = count_start(job_dir(cfg.data_dir, job_id))
+        if redelivered or starts > 1:
+            logger.warning("job started again", extra={"job": job_id, "start": starts, "redelivered": redelivered})
+        if starts > cfg.queue.max_submissions:
+            reason = (f"the worker stopped {starts - 1} times while analysing this series (killed or crashed); "
+                      "it is not retried")
+            outcome = failed_outcome(manifest_path, cfg.data_dir, cfg, reason, "inference", beat)
+        else:
+            outcome = run_job(manifest_path, cfg.data_dir, cfg, lambda: model_cache.get_segmenter(cfg), beat)
     return {"job_id": job_id, "state": outcome["state"], "files": len(outcome["files"])}
 
 

@@ -3,8 +3,9 @@
 The node and its workers share only ``data_dir`` (on worker hosts: the same folder mounted at
 each worker's own ``node.data_dir``) and the job contract (``dicom_node.contract``). For each job
 the node writes ``results/<job id>/job.json`` and submits the task by name with
-``(job_id, "results/<job id>/job.json")``; the worker touches ``heartbeat`` while it runs and
-writes ``outcome.json`` last. Each ``run_once`` pass:
+``(job_id, "results/<job id>/job.json")``; the worker keeps a heartbeat while it runs (a Redis
+key with a time to live, or with the embedded queue a file: :mod:`dicom_node.heartbeats`) and
+writes ``outcome.json`` last. The ledger stays the record of every job. Each ``run_once`` pass:
 
 - collects outcomes (ledger transition plus one delivery per destination) and marks jobs running
   when their heartbeat appears (:mod:`.outcomes`);

@@ -1,18 +1,23 @@
 """The Celery transport: tasks go by name to Celery workers through Redis.
 
 Besides publishing, it answers "is this task still in flight?" from kombu's Redis layout: a
-waiting message is in the list named after its lane, a reserved one in the ``unacked`` hash.
+waiting message is in the list named after its lane, a reserved one in the ``unacked`` hash;
+and "is the worker running this job alive?" from the heartbeat keys workers keep in the same
+Redis (:func:`dicom_node.heartbeats.redis_heartbeat`), whichever host they run on.
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Sequence
 
 from dicom_node.config import Config
 from dicom_node.contract import LANES, TASK_NAME, broker_options
-from dicom_node.ledger import Ledger
+from dicom_node.heartbeats import HEARTBEAT_INTERVAL_S, heartbeat_key
+from dicom_node.ledger import Job, JobState, Ledger
 from dicom_node.outage import Outage
+from dicom_node.submit.core import Beat
 from dicom_node.submit.scheduler import Submitter
 
 logger = logging.getLogger(__name__)
@@ -23,6 +28,10 @@ BROKER_CHECK_INTERVAL_S = 2.0
 BROKER_PING_INTERVAL_S = 10.0
 #: A broker unreachable for this long is reported (ERROR log, /healthz, status).
 BROKER_ALERT_S = 60.0
+#: A running job's heartbeat key must stay missing this long before the job counts as lost:
+#: longer than two beats, so that a Redis restarted empty gets the keys back from the workers
+#: still running before anyone is judged dead.
+KEY_MISSING_GRACE_S = 2 * HEARTBEAT_INTERVAL_S + 1
 
 
 class CelerySubmitter(Submitter):
@@ -49,6 +58,8 @@ class CelerySubmitter(Submitter):
         self._checked_at = float("-inf")
         self._pinged_at = float("-inf")
         self.broker = Outage("queue broker", BROKER_ALERT_S)
+        #: job id -> when its running job's heartbeat key was first found missing
+        self._key_missing_since: dict[int, float] = {}
 
     def _send(self, job_id: int, manifest_rel: str, lane: str, task_id: str) -> None:
         now = time.time()
@@ -93,6 +104,31 @@ class CelerySubmitter(Submitter):
             self._unacked = {_task_id(raw, unacked=True) for raw in unacked}
             self._checked_at = now
         return task_ids & (self._in_lanes if waiting_only else self._in_lanes | self._unacked)
+
+    def _beats(self, jobs: Sequence[Job], now: float) -> dict[int, Beat | None] | None:
+        """Heartbeats from the workers' Redis keys: present means alive. A key that expired
+        says nothing about when the worker last beat, only that it stopped for longer than
+        ``queue.heartbeat_timeout_s`` (the key's time to live), judged by Redis alone."""
+        try:
+            values = self.redis.mget([heartbeat_key(job.id) for job in jobs])
+        except Exception as exc:
+            logger.warning("broker unreachable; cannot read worker heartbeats", extra={"error": str(exc)[:200]})
+            self.broker.failed(now, exc)
+            return None
+        out: dict[int, Beat | None] = {}
+        for job, value in zip(jobs, values):
+            if value is not None:
+                self._key_missing_since.pop(job.id, None)
+                out[job.id] = Beat(True, True)
+            elif job.state != JobState.RUNNING:
+                self._key_missing_since.pop(job.id, None)
+                out[job.id] = Beat(False, False, "worker heartbeat missing")
+            elif now - self._key_missing_since.setdefault(job.id, now) < KEY_MISSING_GRACE_S:
+                out[job.id] = None
+            else:
+                out[job.id] = Beat(False, False, f"worker heartbeat stale: its Redis key expired (no beat for "
+                                                 f"queue.heartbeat_timeout_s, {self.cfg.queue.heartbeat_timeout_s:g} s)")
+        return out
 
     def close(self) -> None:
         self.redis.close()

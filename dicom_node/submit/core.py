@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,25 @@ logger = logging.getLogger(__name__)
 #: A queued task must be missing from the broker for this long (two looks) before it counts as
 #: lost: between BRPOP and the unacked HSET a message is briefly in neither place.
 MISSING_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class Beat:
+    """What a job's heartbeat says now.
+
+    Attributes
+    ----------
+    present:
+        A worker has started the job and its heartbeat is there (so an outcome may be too).
+    fresh:
+        The worker beat within ``queue.heartbeat_timeout_s``: it is running the job.
+    why:
+        When not fresh, the reason the ledger records if the job is found lost.
+    """
+
+    present: bool
+    fresh: bool
+    why: str = ""
 
 
 class SubmitterCore:
@@ -97,8 +118,18 @@ class SubmitterCore:
                 return None  # an outcome of the analysis, while we wait for the status report
         return outcome
 
-    def _heartbeat_age(self, job_id: int, now: float) -> float | None:
-        return heartbeat_age(self.folder(job_id), now)
+    def _beats(self, jobs: Sequence[Job], now: float) -> dict[int, Beat | None] | None:
+        """Each job's heartbeat (here: the ``heartbeat`` file's age); a job mapped to None cannot
+        be judged yet, and None for all of them means the heartbeats cannot be read now."""
+        timeout = self.cfg.queue.heartbeat_timeout_s
+        out: dict[int, Beat | None] = {}
+        for job in jobs:
+            age = heartbeat_age(self.folder(job.id), now)
+            if age is None:
+                out[job.id] = Beat(False, False, "worker heartbeat missing")
+            else:
+                out[job.id] = Beat(True, age <= timeout, f"worker heartbeat stale for {age:.0f} s")
+        return out
 
     def _missing_long_enough(self, task_id: str, now: float) -> bool:
         """Whether the broker has gone without ``task_id`` for :data:`MISSING_GRACE_S`."""

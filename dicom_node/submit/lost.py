@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 class LostTasks(SubmitterCore):
     """The checks the outcome collector runs on jobs that have no outcome yet."""
 
-    def _stale_running_is_lost(self, job: Job, age: float | None, now: float) -> str | None:
+    def _stale_running_is_lost(self, job: Job, why: str, now: float) -> str | None:
         """Why a running job without a fresh heartbeat is lost, or None while it may still run.
 
         A pool process that died hands its task back to the lane (reject_on_worker_lost): it
@@ -28,7 +28,7 @@ class LostTasks(SubmitterCore):
         waiting = self._in_flight({job.task_id or ""}, now, waiting_only=True)
         if waiting is None or waiting:
             return None
-        return f"worker heartbeat {'missing' if age is None else f'stale for {age:.0f} s'}"
+        return why
 
     def _unseen_are_lost(self, unseen: dict[str, Job], now: float) -> list[Job] | None:
         """Of queued jobs without a heartbeat (by task id), those the broker has lost; None when

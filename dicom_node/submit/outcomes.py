@@ -1,8 +1,9 @@
 """Outcome collection: what workers wrote into ``results/<job id>/`` goes into the ledger.
 
 For every queued or running job each pass: an outcome is recorded (ledger transition plus one
-delivery per destination); a fresh heartbeat marks the job running; anything else is handed to
-lost-task detection.
+delivery per destination); a fresh heartbeat (:meth:`~.core.SubmitterCore._beats`: a Redis key
+with a Redis broker, a file's age with the embedded queue) marks the job running; anything else
+is handed to lost-task detection.
 """
 from __future__ import annotations
 
@@ -33,21 +34,28 @@ class OutcomeCollection(LostTasks):
 
     def _collect(self, now: float, counts: dict[str, int]) -> None:
         unseen: dict[str, Job] = {}
-        for job in self.ledger.jobs([JobState.QUEUED, JobState.RUNNING]):
-            age = self._heartbeat_age(job.id, now)
-            # A worker writes the heartbeat before anything else, so without one there is no
-            # outcome to read: a backlog of queued jobs costs one stat each per pass.
-            outcome = self._outcome(job.id) if age is not None else None
-            if outcome is not None:
-                counts["recorded"] += self._record(job, outcome, now)
-                continue
-            if age is not None and age <= self.cfg.queue.heartbeat_timeout_s:
+        jobs = self.ledger.jobs([JobState.QUEUED, JobState.RUNNING])
+        beats = self._beats(jobs, now) if jobs else {}
+        for job in jobs:
+            beat = beats.get(job.id) if beats is not None else None
+            # A worker's heartbeat appears before anything else, so a queued job without one
+            # has no outcome to read: a backlog costs no file look-up per pass. A running job's
+            # outcome is looked for whatever its heartbeat says (a Redis key expires after the
+            # job ends; the broker may be unreachable).
+            if beat is None or beat.present or job.state == JobState.RUNNING:
+                outcome = self._outcome(job.id)
+                if outcome is not None:
+                    counts["recorded"] += self._record(job, outcome, now)
+                    continue
+            if beat is None:
+                continue  # liveness cannot be judged now; nothing is declared lost meanwhile
+            if beat.fresh:
                 self._missing_since.pop(job.task_id or "", None)
                 if job.state == JobState.QUEUED and self.ledger.transition(
                         job.id, JobState.RUNNING, expect=[JobState.QUEUED], now=now, detail="worker heartbeat"):
                     counts["running"] += 1
             elif job.state == JobState.RUNNING:
-                why = self._stale_running_is_lost(job, age, now)
+                why = self._stale_running_is_lost(job, beat.why, now)
                 if why is not None:
                     self._lost(job, why, now, counts)
             elif job.task_id:

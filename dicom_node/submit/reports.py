@@ -59,8 +59,9 @@ class StatusReports(SubmitterCore):
     def _report_lost(self, job: Job, now: float) -> bool:
         """Whether the job's latest report task is gone: no fresh heartbeat, not in the queue
         for the grace period, and no outcome after all."""
-        age = self._heartbeat_age(job.id, now)
-        if age is not None and age <= self.cfg.queue.heartbeat_timeout_s:
+        beats = self._beats([job], now)
+        beat = beats.get(job.id) if beats is not None else None
+        if beat is None or beat.fresh:
             return False
         task_id = job.report_task_id or ""
         held = self._in_flight({task_id}, now)

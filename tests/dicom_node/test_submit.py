@@ -17,9 +17,11 @@ import torch
 
 from dicom_node.config import parse_config
 from dicom_node.contract import read_manifest
+from dicom_node.heartbeats import heartbeat_key
 from dicom_node.ledger import Assessment, DeliveryState, FailStage, JobState, Ledger
 from dicom_node.names import HEARTBEAT_FILE, LEDGER_FILE
 from dicom_node.submit import BROKER_ALERT_S, CelerySubmitter, EmbeddedSubmitter, make_submitter
+from dicom_node.submit.celery_transport import KEY_MISSING_GRACE_S
 from segmenter.csr_unet import CSRUNet, CSRUNetConfig
 from segmenter.dicom_io import make_test_series
 from segmenter.weights import sha256_file
@@ -200,24 +202,31 @@ def test_celery_submitter_publishes_by_name_and_notices_an_emptied_broker(node, 
         client.lpop("stat")
         client.hset("unacked", "tag-1", json.dumps([message, "", "stat"]))
         assert sub.run_once(ledger, now + 10)["lost"] == 0
-        # It runs (heartbeat), then its pool process dies: the message goes back to the lane.
-        beat = cfg.data_dir / "results" / str(job_id) / HEARTBEAT_FILE
-        beat.write_text("host 1")
-        os.utime(beat, (now + 10, now + 10))
+        # It runs: the worker keeps its heartbeat key alive in Redis (no file is involved).
+        key = heartbeat_key(job_id)
+        client.set(key, "host 1", px=60_000)
         assert sub.run_once(ledger, now + 12)["running"] == 1
+        # Redis restarted empty: the key is gone until the worker's next beat, which is no death.
+        client.delete(key)
+        assert sub.run_once(ledger, now + 13)["lost"] == 0
+        client.set(key, "host 1", px=60_000)
+        assert sub.run_once(ledger, now + 14)["lost"] == 0
+        # Its pool process dies: the key expires and the message goes back to the lane.
+        client.delete(key)
         client.hdel("unacked", "tag-1")
         client.rpush("stat", raw)
-        assert sub.run_once(ledger, now + 100)["lost"] == 0  # stale, but waiting for a worker
+        assert sub.run_once(ledger, now + 100)["lost"] == 0  # missing, within the grace period
+        assert sub.run_once(ledger, now + 100 + KEY_MISSING_GRACE_S)["lost"] == 0  # stale, but waiting for a worker
         assert ledger.job(job_id).state == JobState.RUNNING
         client.flushdb()  # Redis restarted without persistence
-        counts = sub.run_once(ledger, now + 103)
+        counts = sub.run_once(ledger, now + 103 + KEY_MISSING_GRACE_S)
         assert counts["lost"] == 1 and counts["submitted"] == 1
         assert ledger.job(job_id).submissions == 2 and client.llen("stat") == 1
-        assert any("heartbeat stale" in (d or "") for _, _, d in ledger.events(job_id))
+        assert any("heartbeat stale: its Redis key expired" in (d or "") for _, _, d in ledger.events(job_id))
         # Queued again and then gone from Redis: lost after the grace period.
         client.flushdb()
-        sub.run_once(ledger, now + 110)
-        assert sub.run_once(ledger, now + 115)["lost"] == 1
+        sub.run_once(ledger, now + 120)
+        assert sub.run_once(ledger, now + 125)["lost"] == 1
         assert any("no longer in the queue" in (d or "") for _, _, d in ledger.events(job_id))
     finally:
         sub.close()

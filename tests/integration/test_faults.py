@@ -1,7 +1,7 @@
 """Faults on the real stack: every result still arrives in Orthanc exactly once.
 
 - the worker's pool process is killed with SIGKILL mid-inference (Celery hands the message back);
-- the whole worker is killed (the node sees the heartbeat go stale and resubmits to a new one);
+- the whole worker is killed (its heartbeat key in Redis expires; the node resubmits to a new one);
 - Redis restarts empty while a job is queued (the node sees the task gone and resubmits);
 - Orthanc is down for 30 s while results are waiting (the outbox retries with backoff).
 
@@ -18,10 +18,20 @@ import pytest
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 
+def _beat(stack, job) -> str | None:
+    """The job's heartbeat key in Redis (``host pid``), or None while no worker runs it."""
+    import redis
+
+    from dicom_node.heartbeats import heartbeat_key
+
+    with redis.Redis(host="127.0.0.1", port=stack.redis_port) as client:
+        value = client.get(heartbeat_key(job.id))
+    return None if value is None else value.decode()
+
+
 def _running_pid(stack, job) -> int:
-    """The pid of the process running the job, from its heartbeat (``host pid``)."""
-    beat = stack.data_dir / "results" / str(job.id) / "heartbeat"
-    return int(beat.read_text().split()[1])
+    """The pid of the process running the job, from its heartbeat."""
+    return int(_beat(stack, job).split()[1])
 
 
 def _details(stack, job) -> list[str]:
@@ -34,9 +44,8 @@ def test_pool_process_killed_mid_inference(stack, make_ct):
         files, uids = make_ct("sdh", slices=96)
         stack.orthanc.upload(files)
         job = stack.wait_state(uids["series"], {"queued", "running"}, timeout=120)
-        beat = stack.data_dir / "results" / str(job.id) / "heartbeat"
         deadline = time.time() + 120
-        while not beat.exists():  # watched directly: the node's loop would add up to 0.5 s
+        while _beat(stack, job) is None:  # watched directly: the node's loop would add up to 0.5 s
             assert time.time() < deadline, "the job never started"
             time.sleep(0.05)
         pid = _running_pid(stack, job)
