@@ -133,6 +133,10 @@ def test_killed_run_resumes_skips_done_and_redoes_older_model(qr_stack, studies)
     run = reprocess(qr_stack, *WINDOW)
     assert run.returncode == 0, run.stdout + run.stderr + first.log()
     assert "(resumed): finished" in run.stdout, run.stdout
+    table = {line[:40].strip(): int(line[40:]) for line in run.stdout.splitlines()[1:] if not line.startswith("      ")}
+    assert table["found"] == 4 and table["not eligible (query)"] == 1 and table["already done"] == 1, run.stdout
+    assert table["retrieved"] == 1 and table["analysed again from the node's copy"] == 1, run.stdout  # A; C
+    assert table["analysed"] == 2 and table["failed"] == table["not analysed"] == table["pending"] == 0, run.stdout
     by_series = {i["series_uid"]: i for i in items(qr_stack) if i["run_id"] > 1}
     assert by_series[studies["B"]["series"]]["state"] == "already_done"
     assert by_series[studies["E"]["series"]]["state"] == "ineligible"
