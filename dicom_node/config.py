@@ -150,7 +150,9 @@ class QueueConfig(_Strict):
     soft_time_limit_s: int = Field(default=600, ge=1)
     time_limit_s: int = Field(default=900, ge=1)
     max_submissions: int = Field(default=3, ge=1)
-    #: A running job whose worker heartbeat is older than this is treated as lost.
+    #: A running job whose worker has not beaten for this long is treated as lost: the time to
+    #: live of the worker's Redis key (renewed every 2 s at most), or the age of its heartbeat
+    #: file with the embedded queue.
     heartbeat_timeout_s: float = Field(default=60, gt=0)
 
     @field_validator("broker_url")
