@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
 
 from dicom_node.observability.ledger_metrics import LedgerCollector
 
@@ -67,12 +68,21 @@ def bind_ledger(ledger: Ledger | None) -> None:
     LEDGER.bind(ledger)
 
 
-def exposition() -> tuple[bytes, str]:
-    """The current metrics in the Prometheus text format.
+def exposition(accept: str | None = None) -> tuple[bytes, str]:
+    """The current metrics, in the format the scraper asked for.
+
+    Parameters
+    ----------
+    accept:
+        The request's ``Accept`` header. Prometheus asks for OpenMetrics when it can; without a
+        header the classic text format 0.0.4 is served, which every Prometheus version reads.
 
     Returns
     -------
     tuple[bytes, str]
         The body and its ``Content-Type`` header value.
     """
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    if accept:
+        encoder, content_type = choose_encoder(accept)
+        return encoder(REGISTRY), content_type
+    return generate_latest(REGISTRY), CONTENT_TYPE_PLAIN_0_0_4
