@@ -66,10 +66,10 @@ def audit_fields(row: sqlite3.Row) -> tuple[str, dict[str, Any]] | None:
     if state in ("done", "failed"):
         try:
             outcome = json.loads(row["job_worker_outcome_json"] or "{}") or {}
+            files = json.loads(row["job_files_json"]) if row["job_files_json"] else None
         except ValueError:
-            outcome = {}
+            outcome, files = {}, None
         model = outcome.get("model") if isinstance(outcome.get("model"), dict) else {}
-        files = outcome.get("files")
         return "job_result", {**base, "state": state, "fail_stage": row["job_fail_stage"],
                               "reason": row["job_reason"], "triage": row["job_triage"],
                               "findings": _findings(outcome), "model_version": model.get("version"),
