@@ -4,6 +4,7 @@ from __future__ import annotations
 # Folders under node.data_dir.
 SPOOL_DIR = "spool"  # spool/<study uid>/<series uid>/<sop uid>.dcm, written by the SCP
 TMP_DIR = "tmp"  # partial writes; emptied at start (same filesystem as spool so rename is atomic)
+JOURNAL_DIR = "journal"  # receive journal segments: acknowledged instances not yet moved into spool/
 RESULTS_DIR = "results"  # results/<job id>/ : objects and outcome.json written by the worker
 LEDGER_FILE = "ledger.sqlite3"
 

@@ -162,6 +162,7 @@ class _RequestHandler(RequestHandler):
             assoc.dul.__class__ = EventDUL
             assoc.dul._wake_setup()
             assoc.dul._target = make_target(assoc.dul.run_reactor)
+            assoc.before_release = getattr(self.server, "before_release", None)
         if type(assoc.dimse) is DIMSEServiceProvider:
             assoc.dimse.__class__ = FastDIMSE
         sock = assoc.dul.socket

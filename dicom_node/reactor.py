@@ -18,7 +18,7 @@ import os
 import select
 import threading
 import time
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -128,7 +128,12 @@ class EventDUL(DULServiceProvider):
 
 
 class EventAssociation(Association):
-    """pynetdicom's acceptor loop, woken by a complete DIMSE message instead of a fixed sleep."""
+    """pynetdicom's acceptor loop, woken by a complete DIMSE message instead of a fixed sleep.
+
+    ``before_release``, when set, runs before the A-RELEASE response is sent.
+    """
+
+    before_release: Callable[[], object] | None = None
 
     def _run_reactor(self) -> None:
         # pynetdicom 3.0.4 Association._run_reactor; only time.sleep(0.001) became a wait on the
@@ -146,6 +151,8 @@ class EventAssociation(Association):
             if msg:
                 self._serve_request(msg, cast(int, context_id))
             if self.is_established and self.acse.is_release_requested():
+                if self.before_release is not None:
+                    self.before_release()  # the receive journal's instances into the spool first
                 self.acse.send_release(is_response=True)
                 _ASSOC_LOG.info("Association Released")
                 self.is_released = True

@@ -1,9 +1,12 @@
 """The DICOM receiver: C-ECHO and C-STORE SCP writing every instance durably to the spool.
 
 ``handle_store`` never decodes the data set. It walks the element headers of the received
-bytes (:mod:`dicom_node.wire`) for the four UIDs it needs, writes file meta + the bytes as
-received to the spool (fsync, atomic rename, folder fsync), records the instance in the ledger,
-and only then answers Success. Every failure maps to a named status from :mod:`dicom_node.names`
+bytes (:mod:`dicom_node.wire`) for the four UIDs it needs, appends file meta + the bytes as
+received to the receive journal (:mod:`dicom_node.journal`) and answers Success once the record
+is flushed; the journal mover puts it into the spool and the ledger moments later. Without a
+journal (``start_receiver(journalled=False)``, the C-GET retrieval of ``dicom-node reprocess``)
+it writes the spool file (fsync, atomic rename, folder fsync), records the instance in the
+ledger, and only then answers Success. Every failure maps to a named status from :mod:`dicom_node.names`
 and is logged; the handler never raises. Below ``node.min_free_disk_gb`` instances are refused
 with 0xA700 so that the sender retries later, and the state is visible in ``Receiver.status()``.
 
@@ -29,10 +32,12 @@ from pynetdicom.utils import make_target
 
 from dicom_node import netfast
 from dicom_node.config import Config
+from dicom_node.journal import Entry, Journal
+from dicom_node.journal_mover import JournalMover
 from dicom_node.ledger import Ledger
 from dicom_node.logs import short_uid
-from dicom_node.names import (STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES,
-                              STATUS_SUCCESS)
+from dicom_node.names import (JOURNAL_DIR, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH,
+                              STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS)
 from dicom_node.observability import events as observed
 from dicom_node.spool import Spool, clean_uid, is_disk_full
 from dicom_node.tls import peer_subject, server_context
@@ -40,6 +45,11 @@ from dicom_node.tls_server import TlsAssociationServer
 from dicom_node.wire import MalformedDataset, file_meta, scan
 
 logger = logging.getLogger(__name__)
+
+#: Seconds the end of an association waits for the journal mover to record its instances (so
+#: that the assembler never sees a released association whose last instances are not in the
+#: ledger yet), and an instance too large for the journal waits for older records to be moved.
+MOVER_WAIT_S = 30.0
 
 
 @dataclass
@@ -63,6 +73,9 @@ class ReceiverState:
     #: Called after an association's end is recorded (the node wakes its loop: a released
     #: series may be complete now).
     on_release: Callable[[], None] | None = field(default=None, repr=False)
+    #: Where acknowledged instances go first (:mod:`dicom_node.journal`); None writes each
+    #: straight into the spool and the ledger (fsync file and folder, then acknowledge).
+    journal: Journal | None = field(default=None, repr=False)
 
     def disk_checked(self, free_gb: float) -> bool:
         """Record the free space; returns True when storing may go on. Logs transitions only."""
@@ -142,6 +155,18 @@ def handle_store(event: Event, spool: Spool, ledger: Ledger, state: ReceiverStat
                 return _failure(STATUS_DATASET_MISMATCH, problem)
             meta = file_meta(header.sop_class_uid, sop_uid, syntax, PYNETDICOM_IMPLEMENTATION_UID,
                              PYNETDICOM_IMPLEMENTATION_VERSION, event.assoc.requestor.ae_title)
+            journal = state.journal
+            if journal is not None and journal.fits(len(meta) + len(body)):
+                journal.append(Entry(header.study_uid, header.series_uid, sop_uid, header.sop_class_uid,
+                                     assoc_id, time.time()), (meta, body))
+                state.count("stored")
+                observed.instance_stored(assoc_id, header.study_uid, header.series_uid)
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("journalled", extra={"sop": short_uid(sop_uid)})
+                return STATUS_SUCCESS
+            if journal is not None:
+                # Too large for a segment: written directly, after any journalled copy of it.
+                journal.wait_moved(MOVER_WAIT_S)
 
             def write(fh: Any) -> None:
                 fh.write(meta)
@@ -218,6 +243,9 @@ def handle_closed(event: Event, ledger: Ledger, state: ReceiverState) -> None:
     assoc_id = state.assoc_ids.pop(event.assoc, None)
     if assoc_id is None:
         return  # rejected or never negotiated: nothing was opened
+    if state.journal is not None and not state.journal.wait_moved(MOVER_WAIT_S):
+        logger.warning("journal mover behind at the end of an association; its series may be re-opened",
+                       extra={"assoc": assoc_id})
     try:
         with state.lock:
             ledger.close_association(assoc_id)
@@ -320,46 +348,78 @@ class Receiver:
     state: ReceiverState
     #: The unencrypted listener beside a TLS one (``node.plain_port``), if configured.
     plain_server: ThreadedAssociationServer | None = None
+    #: Moves journalled instances into the spool; None when the receiver writes them directly.
+    mover: JournalMover | None = None
 
     @property
     def port(self) -> int:
         return int(self.server.server_address[1])
 
     def status(self) -> dict[str, Any]:
-        return self.state.snapshot()
+        snapshot = self.state.snapshot()
+        if self.mover is not None:
+            snapshot.update(self.mover.status())
+        return snapshot
 
     def shutdown(self) -> None:
         self.server.shutdown()
         if self.plain_server is not None:
             self.plain_server.shutdown()
+        if self.mover is not None:
+            self.mover.stop()  # every acknowledged instance into the spool and the ledger
 
 
 def start_receiver(cfg: Config, ledger: Ledger, spool: Spool | None = None,
-                   on_release: Callable[[], None] | None = None, *, tuned: bool = True) -> Receiver:
-    """Prepare the spool (drop partial writes, rescan) and start listening.
+                   on_release: Callable[[], None] | None = None, *, tuned: bool = True,
+                   journalled: bool = True) -> Receiver:
+    """Prepare the spool (drop partial writes, replay the journal, rescan) and start listening.
 
     Run once at start, before anything else uses the ledger's association records: every
-    association of a previous run is closed, and an instance renamed into the spool but not
-    committed to the ledger before a crash is recorded now, so no acknowledged instance is lost.
+    association of a previous run is closed, instances a crash left in the receive journal are
+    moved into the spool and the ledger, and an instance renamed into the spool but not committed
+    to the ledger before a crash is recorded now, so no acknowledged instance is lost.
+    ``journalled=False`` writes each instance straight into the spool instead (fsync file and
+    folder before the acknowledgement), for measuring what the journal is worth
+    (``bench/receive.py --receiver direct``).
     """
     spool = spool or Spool(cfg.data_dir)
     spool.clean_tmp()
     ledger.close_all_associations()
+    mover = None
+    if journalled:
+        mover = JournalMover(Journal(cfg.data_dir / JOURNAL_DIR), spool, ledger)
+        mover.replay()
     rescan(spool, ledger)
-    state = ReceiverState(cfg.node.min_free_disk_gb, on_release=on_release)
+    state = ReceiverState(cfg.node.min_free_disk_gb, on_release=on_release,
+                          journal=mover.journal if mover is not None else None)
     state.disk_checked(spool.free_gb())
+    if mover is not None:
+        mover.start()
     ae = make_ae(cfg)
-    server = make_server(cfg, spool, ledger, state, tuned=tuned, ae=ae)
+    try:
+        server = make_server(cfg, spool, ledger, state, tuned=tuned, ae=ae)
+    except BaseException:
+        if mover is not None:
+            mover.stop()
+        raise
     plain = None
     if cfg.node.tls is not None and cfg.node.plain_port is not None:
         try:
             plain = make_server(cfg, spool, ledger, state, tuned=tuned, ae=ae, port=cfg.node.plain_port, plain=True)
         except OSError:
             server.shutdown()  # leave nothing listening behind
+            if mover is not None:
+                mover.stop()
             raise
         logger.warning("unencrypted listener open beside the TLS one (node.plain_port)",
                        extra={"bind": cfg.node.bind, "port": plain.server_address[1]})
+    if mover is not None:
+        journal = mover.journal
+        for listener in (server, plain):
+            if listener is not None:
+                # A released association's instances are all in the spool and the ledger (tuned servers).
+                listener.before_release = lambda: journal.wait_moved(MOVER_WAIT_S)  # type: ignore[attr-defined]
     logger.info("receiver listening", extra={"ae_title": cfg.node.ae_title, "bind": cfg.node.bind,
                                              "port": server.server_address[1], "tls": cfg.node.tls is not None})
-    return Receiver(server=server, spool=spool, state=state, plain_server=plain)
+    return Receiver(server=server, spool=spool, state=state, plain_server=plain, mover=mover)
 

@@ -130,7 +130,7 @@ class Spool:
             fsync_dir(folder.parent)
 
     # -- writing -------------------------------------------------------------------------
-    def put_file(self, study_uid: str, series_uid: str, sop_uid: str, data: Payload) -> Path:
+    def put_file(self, study_uid: str, series_uid: str, sop_uid: str, data: Payload, *, sync: bool = True) -> Path:
         """Store one instance durably and return its path.
 
         Parameters
@@ -140,6 +140,10 @@ class Spool:
         data : bytes, binary file object or callable
             The complete file content; a callable receives the open temporary file and writes
             into it (so large payloads need not be joined in memory first).
+        sync : bool
+            False skips both fsyncs: the file is complete and atomically renamed but survives a
+            power cut only after a later flush. For the journal mover, whose records stay in
+            the journal until it has flushed the spool.
 
         Returns
         -------
@@ -163,15 +167,17 @@ class Spool:
                     fh.write(data)
                 else:
                     shutil.copyfileobj(data, fh, 1 << 20)
-                fh.flush()
-                os.fsync(fh.fileno())
+                if sync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             try:
                 os.replace(tmp, final)
             except FileNotFoundError:
                 # First instance of the series (or its folder was moved away meanwhile).
                 self._makedirs(final.parent)
                 os.replace(tmp, final)
-            self._group_sync.sync(final.parent)
+            if sync:
+                self._group_sync.sync(final.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

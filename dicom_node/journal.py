@@ -1,0 +1,415 @@
+"""The receive journal: each instance made durable by one append and a shared fdatasync.
+
+Writing every instance as its own spool file costs two flushes before the acknowledgement (the
+file, then its folder) and the file system's metadata work for a new file. The receiver instead
+appends the instance's file bytes as one record to a journal segment and answers Success once an
+``fdatasync`` covering the record has returned. Segments are preallocated and zero-filled, so
+that flush writes data only: no block allocation, no size change, no metadata.
+
+Concurrent associations share flushes (group commit): a record written while another thread's
+``fdatasync`` runs waits for it to end, and the next ``fdatasync`` covers every record written
+meanwhile. A background mover (:mod:`dicom_node.journal_mover`) copies committed records into
+the spool files the rest of the node reads and records them in the ledger; once every record of
+a full segment is in the spool and the spool is flushed, the segment's first record is zeroed
+and the segment is reused.
+
+Record layout (little endian)::
+
+    magic "DNJ1" | names length u32 | epoch u64 | seq u64 | payload length u64 |
+    received_at f64 | payload CRC-32 u32 | header CRC-32 u32 | names (UTF-8) | payload
+
+``names`` is study, series, SOP instance, SOP class UID and association id, newline-separated;
+``payload`` is the spool file (file meta + data set as received). Reading a segment
+(:func:`read_segment`) stops at the first record that is not valid: wrong magic or CRC, another
+epoch (a run of the node, so records of an earlier run left behind a recycled head never count)
+or a sequence number that does not follow the previous record's. A record torn by a crash had
+no completed ``fdatasync``, so it was never acknowledged, and neither was any later record.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import struct
+import threading
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+logger = logging.getLogger(__name__)
+
+#: Bytes per segment file; an instance larger than a segment bypasses the journal.
+SEGMENT_BYTES = 32 * 1024 * 1024
+#: Segments created at most; appends wait for the mover when all are in use.
+MAX_SEGMENTS = 8
+#: Segments created when the journal opens (more are created as the mover falls behind).
+INITIAL_SEGMENTS = 3
+#: Seconds an append waits for a free segment before the instance is refused (0xA700).
+SPACE_TIMEOUT_S = 30.0
+
+_HEADER = struct.Struct("<4sIQQQdII")
+_MAGIC = b"DNJ1"
+_MAX_NAMES = 1024
+_ZEROS = bytes(1 << 20)
+
+
+class JournalUnavailable(OSError):
+    """The journal cannot take the record now (full for too long, closed, or a failed flush)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a record says about its instance."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    assoc_id: str | None
+    received_at: float
+
+    def encode(self) -> bytes:
+        return "\n".join((self.study_uid, self.series_uid, self.sop_uid, self.sop_class_uid,
+                          self.assoc_id or "")).encode("utf-8")
+
+    @classmethod
+    def decode(cls, raw: bytes, received_at: float) -> "Entry":
+        study, series, sop, sop_class, assoc = raw.decode("utf-8").split("\n")
+        return cls(study, series, sop, sop_class, assoc or None, received_at)
+
+
+class Segment:
+    """One preallocated journal file."""
+
+    def __init__(self, path: Path, fd: int, size: int) -> None:
+        self.path, self.fd, self.size = path, fd, size
+        self.write_pos = 0
+        self.unmoved = 0  # records not yet in the spool
+        self.dirty = False  # written since its last fdatasync
+
+
+@dataclass(frozen=True)
+class Record:
+    """A record's place in its segment: the mover copies ``length`` bytes from ``offset``."""
+
+    seq: int
+    entry: Entry
+    segment: Segment
+    offset: int
+    length: int
+
+
+def read_segment(segment: Segment) -> list[Record]:
+    """The valid records at the start of ``segment``, in order (see the module docstring)."""
+    records: list[Record] = []
+    pos = 0
+    epoch = None
+    while pos + _HEADER.size <= segment.size:
+        head = os.pread(segment.fd, _HEADER.size, pos)
+        magic, names_len, rec_epoch, seq, length, received_at, payload_crc, header_crc = _HEADER.unpack(head)
+        end = pos + _HEADER.size + names_len + length
+        if magic != _MAGIC or names_len > _MAX_NAMES or end > segment.size:
+            break
+        if (epoch is not None and rec_epoch != epoch) or (records and seq != records[-1].seq + 1):
+            break
+        names = os.pread(segment.fd, names_len, pos + _HEADER.size)
+        if zlib.crc32(names, zlib.crc32(head[:-4])) != header_crc:
+            break
+        if _crc_of(segment.fd, pos + _HEADER.size + names_len, length) != payload_crc:
+            break
+        try:
+            entry = Entry.decode(names, received_at)
+        except (UnicodeDecodeError, ValueError):
+            break
+        epoch = rec_epoch
+        records.append(Record(seq, entry, segment, pos + _HEADER.size + names_len, length))
+        pos = end
+    return records
+
+
+def _crc_of(fd: int, offset: int, length: int) -> int:
+    crc = 0
+    while length > 0:
+        chunk = os.pread(fd, min(length, 1 << 22), offset)
+        if not chunk:
+            return -1
+        crc = zlib.crc32(chunk, crc)
+        offset += len(chunk)
+        length -= len(chunk)
+    return crc
+
+
+class Journal:
+    """Append-only, group-committed record store in ``folder`` (``segment-NNN.bin`` files).
+
+    Parameters
+    ----------
+    folder:
+        Created when missing; existing segments are reused (read them with :meth:`recover`).
+    segment_bytes, max_segments, initial_segments:
+        Size of each segment file, the most segments to create, and how many to create at once.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], segment_bytes: int = SEGMENT_BYTES,
+                 max_segments: int = MAX_SEGMENTS, initial_segments: int = INITIAL_SEGMENTS) -> None:
+        self.folder = Path(folder)
+        self.segment_bytes = segment_bytes
+        self.max_segments = max(max_segments, 2)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._cond = threading.Condition()
+        self._segments: list[Segment] = []
+        for path in sorted(self.folder.glob("segment-*.bin")):
+            fd = os.open(path, os.O_RDWR)
+            self._segments.append(Segment(path, fd, os.fstat(fd).st_size))
+        self._free: deque[Segment] = deque()
+        self._recovered: list[Record] = []
+        for segment in self._segments:
+            records = read_segment(segment)
+            if records:  # in use until the mover has replayed them
+                segment.write_pos, segment.unmoved = segment.size, len(records)
+                self._recovered += records
+            else:
+                self._free.append(segment)
+        self._recovered.sort(key=lambda r: r.seq)
+        while len(self._segments) < min(initial_segments, self.max_segments):
+            self._segments.append(self._create())
+            self._free.append(self._segments[-1])
+        self._active: Segment | None = None
+        # A new epoch per run: records an earlier run left behind a recycled head never chain on.
+        self._epoch = secrets.randbits(64)
+        self._next_seq = self._recovered[-1].seq + 1 if self._recovered else 1
+        self._synced_seq = 0
+        self._moved_seq = 0
+        self._syncing = False
+        self._pending: list[Record] = []  # written, awaiting fdatasync
+        self._committed: deque[Record] = deque()  # durable, awaiting the mover
+        self._failure: str | None = None
+        self._closed = False
+
+    # -- start-up ------------------------------------------------------------------------------
+    def recover(self) -> list[Record]:
+        """Every valid record an earlier run left in the segments, oldest first.
+
+        The caller moves them into the spool and reports them with :meth:`moved`; their segments
+        then show up in :meth:`recyclable`.
+        """
+        records, self._recovered = self._recovered, []
+        return records
+
+    def _create(self) -> Segment:
+        index = 0
+        while (self.folder / f"segment-{index:03d}.bin").exists():
+            index += 1
+        path = self.folder / f"segment-{index:03d}.bin"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            # Written, not fallocated: an fdatasync into unwritten extents still commits metadata.
+            for start in range(0, self.segment_bytes, len(_ZEROS)):
+                os.write(fd, _ZEROS[: min(len(_ZEROS), self.segment_bytes - start)])
+            os.fsync(fd)
+            dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        return Segment(path, fd, self.segment_bytes)
+
+    # -- appending -----------------------------------------------------------------------------
+    def fits(self, nbytes: int) -> bool:
+        """Whether a payload of ``nbytes`` fits in one segment with its header."""
+        return _HEADER.size + _MAX_NAMES + nbytes <= self.segment_bytes
+
+    def append(self, entry: Entry, parts: Sequence[bytes | bytearray | memoryview],
+               timeout: float = SPACE_TIMEOUT_S) -> Record:
+        """Write one record and return once it is durable (flushed by this or another thread).
+
+        Raises
+        ------
+        JournalUnavailable
+            No segment became free within ``timeout``, the journal is closed, or a flush failed
+            (the record may or may not be durable: it was not acknowledged, the sender resends).
+        OSError
+            The write itself failed; nothing was appended.
+        """
+        names = entry.encode()
+        if len(names) > _MAX_NAMES:
+            raise ValueError(f"record names must be at most {_MAX_NAMES} bytes; got {len(names)}")
+        length = sum(len(p) for p in parts)
+        crc = 0
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+        size = _HEADER.size + len(names) + length
+        with self._cond:
+            segment = self._reserve(size, time.monotonic() + timeout)
+            seq, offset = self._next_seq, segment.write_pos
+            head = _HEADER.pack(_MAGIC, len(names), self._epoch, seq, length, entry.received_at, crc, 0)[:-4]
+            head += struct.pack("<I", zlib.crc32(names, zlib.crc32(head)))
+            _write_all(segment.fd, [head, names, *parts], offset)  # under the lock: appends stay in order
+            self._next_seq += 1
+            segment.write_pos += size
+            segment.unmoved += 1
+            segment.dirty = True
+            record = Record(seq, entry, segment, offset + _HEADER.size + len(names), length)
+            self._pending.append(record)
+            self._commit(seq)
+        return record
+
+    def _reserve(self, size: int, deadline: float) -> Segment:
+        if size > self.segment_bytes:
+            raise ValueError(f"record must fit in one segment ({self.segment_bytes} bytes); got {size}")
+        while True:
+            self._check_open()
+            active = self._active
+            if active is not None and active.write_pos + size <= active.size:
+                return active
+            if active is not None:  # full: the mover recycles it once its records are moved
+                self._active = None
+                self._cond.notify_all()
+            if self._free:
+                self._active = self._free.popleft()
+                continue
+            if len(self._segments) < self.max_segments:
+                self._segments.append(self._create())
+                self._active = self._segments[-1]
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise JournalUnavailable(errno.ENOSPC, "receive journal full: the spool mover is behind")
+            self._cond.wait(left)
+
+    def _commit(self, seq: int) -> None:
+        """Wait (lock held) until ``seq`` is flushed, flushing for every waiter when nobody is."""
+        while self._synced_seq < seq:
+            self._check_open(closing_ok=True)
+            if self._syncing:
+                self._cond.wait()
+                continue
+            self._syncing = True
+            batch, self._pending = self._pending, []
+            dirty = [s for s in self._segments if s.dirty]
+            for segment in dirty:
+                segment.dirty = False
+            self._cond.release()
+            failure = None
+            try:
+                for segment in dirty:
+                    os.fdatasync(segment.fd)
+            except OSError as exc:
+                failure = exc
+            finally:
+                self._cond.acquire()
+                self._syncing = False
+                self._cond.notify_all()
+            if failure is not None:
+                # After a failed flush the page cache no longer says what is on disk: take nothing more.
+                self._failure = f"journal flush failed: {failure}"
+                logger.error("receive journal flush failed; refusing instances until restart",
+                             extra={"error": str(failure)})
+                raise JournalUnavailable(failure.errno or errno.EIO, self._failure)
+            self._synced_seq = batch[-1].seq if batch else self._synced_seq
+            self._committed.extend(batch)
+
+    def _check_open(self, closing_ok: bool = False) -> None:
+        if self._failure is not None:
+            raise JournalUnavailable(errno.EIO, self._failure)
+        if self._closed and not closing_ok:
+            raise JournalUnavailable(errno.ESHUTDOWN, "receiver stopping; retry later")
+
+    # -- the mover's side ------------------------------------------------------------------------
+    def take(self, timeout: float) -> list[Record]:
+        """Committed records not yet taken, oldest first; waits up to ``timeout`` for one."""
+        with self._cond:
+            if not self._committed and not self._closed:
+                self._cond.wait(timeout)
+            taken = list(self._committed)
+            self._committed.clear()
+            return taken
+
+    def moved(self, records: Sequence[Record]) -> None:
+        """The records are in the spool and the ledger (not necessarily flushed yet)."""
+        with self._cond:
+            for record in records:
+                record.segment.unmoved -= 1
+                self._moved_seq = max(self._moved_seq, record.seq)
+            self._cond.notify_all()
+
+    def recyclable(self) -> list[Segment]:
+        """Used segments no longer appended to whose records are all moved."""
+        with self._cond:
+            return [s for s in self._segments
+                    if s is not self._active and s not in self._free and s.write_pos and not s.unmoved]
+
+    def seal_if_moved(self) -> None:
+        """Stop appending to the active segment when all its records are moved (the node is
+        idle), so that it can be recycled instead of keeping moved records until it fills."""
+        with self._cond:
+            active = self._active
+            if active is not None and active.write_pos and not active.unmoved and not self._syncing:
+                self._active = None
+
+    def recycle(self, segment: Segment) -> None:
+        """Zero the segment's first record and make it free; only once its records are flushed
+        into the spool (a crash before this replays them again, which rewrites the same bytes)."""
+        os.pwrite(segment.fd, bytes(_HEADER.size), 0)
+        os.fdatasync(segment.fd)
+        with self._cond:
+            segment.write_pos = 0
+            if segment not in self._free:
+                self._free.append(segment)
+            self._cond.notify_all()
+
+    def idle(self) -> bool:
+        """Nothing written that the mover has not taken."""
+        with self._cond:
+            return not (self._syncing or self._pending or self._committed)
+
+    def wait_moved(self, timeout: float) -> bool:
+        """Wait until every record committed so far is moved; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._synced_seq
+            while self._moved_seq < target:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._failure is not None:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def close(self) -> None:
+        """Refuse new appends; appends already waiting for a flush still complete."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def release(self) -> None:
+        """Close the segment files (after the mover has finished)."""
+        with self._cond:
+            for segment in self._segments:
+                os.close(segment.fd)
+            self._segments.clear()
+
+    def iter_state(self) -> Iterator[tuple[str, int, int]]:
+        """(file name, bytes written, records not yet moved) per segment, for status and tests."""
+        with self._cond:
+            for segment in self._segments:
+                yield segment.path.name, segment.write_pos, segment.unmoved
+
+
+def _write_all(fd: int, parts: list[bytes | bytearray | memoryview], offset: int) -> None:
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        written = os.pwritev(fd, views, offset)
+        offset += written
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
