@@ -93,6 +93,13 @@ class SharedContext(PresentationContext):
         return clone
 
 
+#: Most bytes :meth:`FastSocket.recv` allocates before they arrive: a conforming peer's PDUs
+#: are no longer than the maximum we announce. The PDU length field is 4 bytes, so a broken or
+#: hostile peer can claim 4 GiB in a 10-byte packet; such a PDU grows its buffer only as its
+#: bytes really arrive.
+PREALLOCATE_MAX = MAX_PDU + 64 * 1024
+
+
 class FastSocket(AssociationSocket):
     """``recv(n)`` fills one preallocated buffer with as few system calls as the kernel allows."""
 
@@ -100,13 +107,14 @@ class FastSocket(AssociationSocket):
         sock = self.socket
         if sock is None:
             return bytearray()
-        buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
+        buffer = bytearray(min(nr_bytes, PREALLOCATE_MAX))
         got = 0
         while got < nr_bytes:
-            n = sock.recv_into(view[got:], nr_bytes - got)
+            if got == len(buffer):
+                buffer.extend(bytes(min(len(buffer), nr_bytes - got)))
+            with memoryview(buffer)[got:] as free:
+                n = sock.recv_into(free, len(free))
             if n == 0:  # connection closed: return what arrived, as pynetdicom does
-                del view
                 return buffer[:got]
             got += n
         return buffer

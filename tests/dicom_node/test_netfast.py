@@ -1,8 +1,14 @@
 """Receive-path tuning: what the acceptor offers, and the hand-encoded C-STORE response."""
 from __future__ import annotations
 
+import os
+import queue
+import socket
+import threading
 import tomllib
+import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 
 import pynetdicom
 import pytest
@@ -13,7 +19,8 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from dicom_node.netfast import PYNETDICOM_VERSION, encode_store_success, storage_contexts, transfer_syntaxes
+from dicom_node.netfast import (PREALLOCATE_MAX, PYNETDICOM_VERSION, FastSocket, encode_store_success, storage_contexts,
+                                transfer_syntaxes)
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 REMEASURE = ("dicom_node/netfast.py and dicom_node/reactor.py patch pynetdicom {measured} internals; "
@@ -78,3 +85,37 @@ def test_store_success_matches_pynetdicom_encoding(message_id: int, sop_class: s
     message = C_STORE_RSP()
     message.primitive_to_message(rsp)
     assert encode_store_success(message_id, sop_class, sop_instance) == encode(message.command_set, True, True)
+
+
+def _fast_pair() -> tuple[FastSocket, socket.socket]:
+    ours, peer = socket.socketpair()
+    assoc = SimpleNamespace(dul=SimpleNamespace(event_queue=queue.Queue()))
+    return FastSocket(assoc, client_socket=ours), peer  # type: ignore[arg-type]
+
+
+def test_a_pdu_claiming_4_gib_allocates_only_what_arrives() -> None:
+    fast, peer = _fast_pair()
+    peer.sendall(b"0123456789")
+    peer.close()
+    tracemalloc.start()
+    try:
+        got = fast.recv(0xFFFFFFF0)  # what pynetdicom asks for after a 4 GiB length field
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        fast.socket.close()  # type: ignore[union-attr]
+    assert bytes(got) == b"0123456789"
+    assert peak < 2 * PREALLOCATE_MAX, f"{peak} bytes allocated for 10 received"
+
+
+def test_a_pdu_longer_than_the_preallocation_arrives_whole() -> None:
+    fast, peer = _fast_pair()
+    data = os.urandom(PREALLOCATE_MAX * 2 + 12345)
+    sender = threading.Thread(target=peer.sendall, args=(data,))
+    sender.start()
+    try:
+        assert bytes(fast.recv(len(data))) == data
+    finally:
+        sender.join(10)
+        peer.close()
+        fast.socket.close()  # type: ignore[union-attr]
