@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "process": ("process", "run the pipeline offline on DICOM files: results to a folder"),
     "reprocess": ("reprocess", "find head CTs in the PACS, retrieve and analyse them in the batch lane"),
     "demo": ("demo", "send a synthetic head CT with a bleed through a running node and show the result"),
+    "token": ("token", "create, list or revoke API tokens of the operator console"),
     "check-config": ("check_config", "validate the configuration and print it"),
 }
 

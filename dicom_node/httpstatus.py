@@ -1,26 +1,16 @@
-"""The status document and the HTTP endpoint that serves it.
+"""The status document that ``dicom-node status`` prints and ``GET /status`` serves.
 
 :func:`status_snapshot` builds one JSON-able dict from the ledger, the node's state file and the
 disk, so that ``GET /status`` and ``dicom-node status`` (which runs when the node is down) show
-the same thing. It holds UIDs, states, reasons and timestamps, never patient data.
-
-The server is stdlib ``http.server`` on one thread (a status page needs no concurrency, and one
-thread keeps one SQLite connection):
-
-- ``GET /healthz``: 200 ``{"ok": true}`` while the scheduler loop is alive and the receiver
-  accepts instances; 503 with the reasons otherwise (for systemd/monitoring probes).
-- ``GET /status``: 200 with :func:`status_snapshot`.
+the same thing. It holds UIDs, states, reasons and timestamps, never patient data. The HTTP side
+(``/healthz``, ``/readyz``, ``/status``, the dashboard and ``/api/v1``) is ``dicom_node.console``.
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
-import threading
 import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +18,6 @@ from dicom_node.atomic import write_json_atomic
 from dicom_node.config import Config
 from dicom_node.ledger import DeliveryState, Job, JobState, Ledger, OPEN_STATES
 from dicom_node.names import NODE_STATE_FILE
-
-logger = logging.getLogger(__name__)
 
 #: The node state file counts as current while younger than this (it is written every loop pass).
 STATE_STALE_S = 30.0
@@ -122,66 +110,3 @@ def status_snapshot(ledger: Ledger, cfg: Config, now: float, limit: int = 50) ->
         "dead_letters": [{"delivery": d.id, "job": d.job_id, "destination": d.destination, "attempts": d.attempts,
                           "last_error": d.last_error, "updated_at": iso(d.updated_at)} for d in dead[-limit:]],
     }
-
-
-def _handler(snapshot: Callable[[], dict[str, Any]], health: Callable[[], list[str]]) -> type:
-    class Handler(BaseHTTPRequestHandler):
-        timeout = 5  # a stalled client must not hold the one server thread
-        server_version = "dicom-node"
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server naming
-            try:
-                if self.path.split("?")[0] == "/healthz":
-                    problems = health()
-                    self._send(503 if problems else 200, {"ok": not problems, "problems": problems})
-                elif self.path.split("?")[0] == "/status":
-                    self._send(200, snapshot())
-                else:
-                    self._send(404, {"error": "not found; try /healthz or /status"})
-            except Exception:  # noqa: BLE001 - answer 500 and keep serving
-                logger.exception("status request failed")
-                self._send(500, {"error": "internal error; see the node log"})
-
-        def _send(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body, sort_keys=True).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-            logger.debug("http " + format, *args)
-
-    return Handler
-
-
-class StatusServer:
-    """``GET /healthz`` and ``GET /status`` on ``http.bind:http.port``, served from one thread.
-
-    Parameters
-    ----------
-    cfg:
-        ``http.bind`` and ``http.port`` (0 picks a free port, see :attr:`port`).
-    snapshot:
-        Returns the status document (called on the server thread).
-    health:
-        Returns the list of problems; empty means healthy.
-    """
-
-    def __init__(self, cfg: Config, snapshot: Callable[[], dict[str, Any]], health: Callable[[], list[str]]) -> None:
-        self._server = HTTPServer((cfg.http.bind, cfg.http.port), _handler(snapshot, health))
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="http-status", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def shutdown(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)

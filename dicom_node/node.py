@@ -34,11 +34,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dicom_node.assembler import Assembler
 from dicom_node.config import Config
-from dicom_node.httpstatus import StatusServer, status_snapshot, write_node_state
+from dicom_node.httpstatus import status_snapshot, write_node_state
 from dicom_node.ledger import Ledger
 from dicom_node.names import LEDGER_FILE
 from dicom_node.observability import audit, metrics
@@ -46,6 +46,9 @@ from dicom_node.observability.ledger_audit import LedgerAuditor
 from dicom_node.retention import Retention
 from dicom_node.sender import make_sender
 from dicom_node.submit import JobRunner, make_submitter
+
+if TYPE_CHECKING:
+    from dicom_node.console.server import ConsoleServer
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +114,7 @@ class Node:
         self.retention = Retention(cfg, self.ledger)
         metrics.bind_ledger(self.ledger)
         self.receiver: Any = None
-        self.http: StatusServer | None = None
+        self.http: ConsoleServer | None = None
         self.started_at = clock()
         self.last_pass_at: float | None = None
         self.stage_errors: dict[str, str] = {}
@@ -143,15 +146,20 @@ class Node:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the receiver, the status endpoint and the loop thread; returns at once."""
+        """Start the receiver, the console (HTTP) and the loop thread; returns at once."""
         from dicom_node.scp import start_receiver  # pynetdicom only where the receiver runs
 
         audit.configure(self.cfg.data_dir, max_bytes=int(self.cfg.audit.max_file_mb * 1e6),
                         backup_count=self.cfg.audit.files_kept)
         self.receiver = start_receiver(self.cfg, self.ledger, on_release=self.wake)
         if self.cfg.http.enabled:
+            # The console (FastAPI, uvicorn) is imported only where it is served.
+            from dicom_node.console.context import Console
+            from dicom_node.console.server import ConsoleServer
+
             try:
-                self.http = StatusServer(self.cfg, self.status, self.health)
+                self.http = ConsoleServer(Console(self.cfg, self.ledger, self.status, self.health, self.readiness,
+                                                  self.clock))
             except OSError:
                 self.receiver.shutdown()  # leave nothing listening behind
                 raise
@@ -233,6 +241,12 @@ class Node:
         problems += [f"stage {name} failing: {error}" for name, error in sorted(self.stage_errors.items())]
         problems += self.submitter.health(now)
         return problems
+
+    def readiness(self) -> list[str]:
+        """Why the node cannot take work now (ledger, queue or model unusable); empty when ready."""
+        from dicom_node.console.health import readiness_problems
+
+        return readiness_problems(self.cfg, self.ledger, lambda: self.submitter.health(self.clock()))
 
     def status(self) -> dict[str, Any]:
         """The status document with this process's live receiver counters."""

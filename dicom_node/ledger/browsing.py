@@ -33,3 +33,11 @@ class Browsing(Store):
         """Path (as recorded) of one instance, or None when the ledger does not know it."""
         row = self._db().execute("SELECT path FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
         return None if row is None else Path(row[0])
+
+    def recent_outcomes(self, outcomes: list[str], limit: int) -> list[Job]:
+        """The ``limit`` most recently updated current jobs whose outcome is one of ``outcomes``
+        (``failed``, ``not_analysed``), delivered status reports included, newest first."""
+        marks = ",".join("?" * len(outcomes))
+        rows = self._db().execute(f"SELECT * FROM jobs WHERE outcome IN ({marks}) AND superseded_by IS NULL "
+                                  "ORDER BY updated_at DESC, id DESC LIMIT ?", (*outcomes, limit))
+        return [Job.from_row(r) for r in rows]

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from dicom_node.config import parse_config
+from dicom_node.console.auth import create_token
 from dicom_node.ledger import OUTCOME_STATES, JobState, Ledger
 from dicom_node.names import LEDGER_FILE, NODE_STATE_FILE
 from dicom_node.node import Node
@@ -167,7 +168,10 @@ def test_serve_receives_assembles_submits_and_stops_on_sigterm(tmp_path, procs):
     assert ledger.instance_count(job.id) == 12
     with urllib.request.urlopen(f"http://127.0.0.1:{cfg['http']['port']}/healthz", timeout=10) as rsp:
         assert json.loads(rsp.read()) == {"ok": True, "problems": []}
-    with urllib.request.urlopen(f"http://127.0.0.1:{cfg['http']['port']}/status", timeout=10) as rsp:
+    token = create_token(ledger, "test")  # /status, unlike /healthz, needs a token
+    request = urllib.request.Request(f"http://127.0.0.1:{cfg['http']['port']}/status",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as rsp:
         assert json.loads(rsp.read())["receiver"]["stored"] == 12
     assert node.terminate() == 0
     assert node.find('msg="dicom-node stopped"')

@@ -14,7 +14,10 @@ import yaml
 from dicom_node import cli
 from dicom_node.assembler import Assembler
 from dicom_node.config import load_config
-from dicom_node.httpstatus import StatusServer, status_snapshot, write_node_state
+from dicom_node.console.context import Console
+from dicom_node.console.auth import create_token
+from dicom_node.console.server import ConsoleServer
+from dicom_node.httpstatus import status_snapshot, write_node_state
 from dicom_node.ledger import FailStage, JobState, Ledger
 from dicom_node.names import LEDGER_FILE
 from segmenter.dicom_io import make_test_series
@@ -132,9 +135,10 @@ def test_status_without_ledger(tmp_path, capsys):
     assert not (tmp_path / "empty" / LEDGER_FILE).exists()
 
 
-def get(url: str) -> tuple[int, dict]:
+def get(url: str, token: str | None = None) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=10) as rsp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as rsp:
             return rsp.status, json.loads(rsp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -145,16 +149,20 @@ def test_http_endpoints(setup):
     _, cfg, jobs = setup
     ledger = Ledger(cfg.data_dir / LEDGER_FILE)
     problems: list[str] = []
-    server = StatusServer(cfg, lambda: status_snapshot(ledger, cfg, time.time()), lambda: list(problems))
+    token = create_token(ledger, "ops")
+    console = Console(cfg, ledger, lambda: status_snapshot(ledger, cfg, time.time()), lambda: list(problems),
+                      lambda: [])
+    server = ConsoleServer(console)
     server.start()
     try:
         base = f"http://{cfg.http.bind}:{server.port}"
         assert get(base + "/healthz") == (200, {"ok": True, "problems": []})
         problems.append("receiver not running")
         assert get(base + "/healthz") == (503, {"ok": False, "problems": ["receiver not running"]})
-        code, doc = get(base + "/status")
+        assert get(base + "/status")[0] == 401  # the status document lists UIDs: a token is needed
+        code, doc = get(base + "/status", token)
         assert code == 200 and doc["failed"][0]["job"] == jobs["fails"]
-        assert get(base + "/nope")[0] == 404
+        assert get(base + "/nope", token)[0] == 404
     finally:
         server.shutdown()
         ledger.close()
