@@ -107,24 +107,34 @@ class EventDUL(DULServiceProvider):
                 elif self._is_transport_event():
                     self._idle_timer.restart()
             except Exception as exc:  # as pynetdicom: abort on any failure in the reactor
-                _DUL_LOG.error("Exception in DUL.run(), aborting association")
-                _DUL_LOG.exception(exc)
-                abort_pdu = A_ABORT_RQ()
-                abort_pdu.source = 0x02
-                abort_pdu.reason_diagnostic = 0x00
-                self.socket.send(abort_pdu.encode())
-                self.assoc.is_aborted = True
-                self.assoc.is_established = False
-                self.assoc._kill = True
-                self._kill_thread = True
+                self._abort_after(exc)
                 return
             try:
                 event = self.event_queue.get(block=False)
             except Exception:  # queue.Empty
                 sleep = True
                 continue
-            self.state_machine.do_action(event)
+            try:
+                self.state_machine.do_action(event)
+            except Exception as exc:
+                # Not in pynetdicom 3.0.4, where this kills the thread with an uncaught error:
+                # a P-DATA whose command set lacks CommandField raises AttributeError while
+                # decoding, and the peer saw its connection dropped without an A-ABORT.
+                self._abort_after(exc)
+                return
             sleep = False
+
+    def _abort_after(self, exc: Exception) -> None:
+        _DUL_LOG.error("Exception in DUL.run(), aborting association")
+        _DUL_LOG.exception(exc)
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02
+        abort_pdu.reason_diagnostic = 0x00
+        cast(AssociationSocket, self.socket).send(abort_pdu.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
 
 
 class EventAssociation(Association):
