@@ -4,21 +4,26 @@ Sends synthetic 512x512 CT series over loopback with dcmtk ``storescu`` (``TCP_N
 dcmtk's Nagle stalls do not distort either side) to
 
 * the node, started as ``dicom-node --config <tmp> serve`` with a fresh data folder per run
-  (files fsynced and recorded in the ledger before each acknowledgement, series assembly
-  running, as in production; no analysis: the broker URL points at a closed port);
+  (each instance flushed to disk before its acknowledgement, series assembly running, as in
+  production; no analysis: the broker URL points at a closed port). A sender's association is
+  released only once its instances are in the spool and the ledger, so the wall time covers the
+  journal mover's work too;
 * dcmtk ``storescp --fork`` (``TCP_NODELAY=1``), writing plain files, no fsync.
 
-``--receiver`` picks the node's receive path: ``tuned`` (the default, as shipped: pynetdicom
-patched by :mod:`dicom_node.netfast` and :mod:`dicom_node.reactor`) or ``stock`` (pynetdicom as
-released, everything else the same); give it twice to measure both.
+``--receiver`` picks the node's receive path: ``tuned`` (the default, as shipped: the receive
+journal, :mod:`dicom_node.journal`, and pynetdicom patched by :mod:`dicom_node.netfast` and
+:mod:`dicom_node.reactor`), ``direct`` (the same without the journal: each instance's spool
+file and folder fsynced and its ledger row committed before the acknowledgement) or ``stock``
+(pynetdicom as released, journal on); give it several times to measure several.
 
-Cases: one association with 40 slices, one with 400, and 8 concurrent associations sharing the
-400 slices (8 senders x 50 slices). Each case runs ``--repeats`` times per receiver, interleaved
-(every receiver once, then the next repeat) so that all see the same machine load; the median
-wall time (first sender started to last sender finished) gives images/s. Prints a markdown table
-and writes JSON, with the 1-minute load average before every run.
+Cases: one association with 200 slices (512x512 CT, 526 kB each) and 8 concurrent associations
+sharing those 200 slices (8 senders x 25 slices). Each case runs ``--repeats`` times per
+receiver, interleaved (every receiver once, then the next repeat) so that all see the same
+machine load; the median wall time (first sender started to last sender finished) gives
+images/s. Prints a markdown table and writes JSON, with the 1-minute load average before every
+run.
 
-    .venv/bin/python bench/receive.py [--repeats 3] [--receiver stock --receiver tuned]
+    .venv/bin/python bench/receive.py [--repeats 3] [--receiver tuned --receiver direct]
                                       [--json bench/results/receive.json]
 """
 from __future__ import annotations
@@ -43,8 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 NODE_EXE = Path(sys.executable).parent / "dicom-node"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-CASES = [("1 assoc x 40 slices", "ct40", 1, 40), ("1 assoc x 400 slices", "ct400", 1, 400),
-         ("8 assocs x 50 slices (400 split)", "split8", 8, 400)]
+CASES = [("1 assoc x 200 slices", "ct200", 1, 200), ("8 assocs x 25 slices (200 split)", "split8", 8, 200)]
 
 
 def dcmtk(name: str) -> str:
@@ -79,13 +83,12 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
 def make_series(work: Path) -> dict[str, Path]:
     from segmenter.dicom_io import make_test_series
 
-    series = work / "series"
-    dirs = {"ct40": series / "ct40", "ct400": series / "ct400", "split8": series / "split8"}
+    series = work / "series-200"
+    dirs = {"ct200": series / "ct200", "split8": series / "split8"}
     if not (series / "done").exists():
         shutil.rmtree(series, ignore_errors=True)
-        print("writing synthetic CT series (40 and 400 slices, 512x512) ...", file=sys.stderr)
-        make_test_series(dirs["ct40"], n_slices=40, rows=512, cols=512, seed=1)
-        files = make_test_series(dirs["ct400"], n_slices=400, rows=512, cols=512, seed=2)
+        print("writing a synthetic CT series (200 slices, 512x512) ...", file=sys.stderr)
+        files = make_test_series(dirs["ct200"], n_slices=200, rows=512, cols=512, seed=2)
         for i, path in enumerate(sorted(files)):
             target = dirs["split8"] / str(i % 8) / path.name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -108,10 +111,12 @@ class Receiver:
                       "queue": {"broker_url": f"redis://127.0.0.1:{free_port()}/0"}, "http": {"enabled": False}}
             (self.root / "config.yaml").write_text(yaml.safe_dump(config))
             argv = [str(NODE_EXE), "--config", str(self.root / "config.yaml"), "serve"]
-            if kind == "node-stock":
-                # dicom-node serve with the receiver built by start_receiver(..., tuned=False).
+            if kind in ("node-stock", "node-direct"):
+                # dicom-node serve with the receiver built by start_receiver(..., tuned=False) or
+                # start_receiver(..., journalled=False).
+                option = "tuned=False" if kind == "node-stock" else "journalled=False"
                 argv = [sys.executable, "-c", "import functools, sys; from dicom_node import scp; "
-                        "scp.start_receiver = functools.partial(scp.start_receiver, tuned=False); "
+                        f"scp.start_receiver = functools.partial(scp.start_receiver, {option}); "
                         "from dicom_node.cli import main; sys.exit(main(sys.argv[1:]))", *argv[1:]]
             elif kind == "node-nofsync":
                 # Diagnostic only: the same node with os.fsync a no-op, to show how much of the
@@ -162,7 +167,7 @@ def run_case(receiver: Receiver, folders: list[Path], expected: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--receiver", action="append", choices=["tuned", "stock"],
+    parser.add_argument("--receiver", action="append", choices=["tuned", "direct", "stock"],
                         help="the node's receive path; repeat to measure several (default: tuned)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dural-bench-receive",
                         help="series cache and receiver folders (same disk as a real data_dir)")
@@ -176,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     nodes = ["node" if r == "tuned" else f"node-{r}" for r in receivers]
     kinds = nodes + ["dcmtk"] + (["node-nofsync"] if args.diagnose_fsync else [])
-    label = {"node": "node (tuned)", "node-stock": "node (stock pynetdicom)", "dcmtk": "dcmtk storescp",
-             "node-nofsync": "node, fsync disabled (diagnostic)"}
+    label = {"node": "node (journal)", "node-stock": "node (stock pynetdicom)", "dcmtk": "dcmtk storescp",
+             "node-direct": "node (direct spool writes)", "node-nofsync": "node, fsync disabled (diagnostic)"}
     times: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
     loads: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
     for repeat in range(args.repeats):
@@ -194,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"run {repeat + 1}: {name}: {kind} {count / seconds:.0f} images/s "
                       f"(load {loads[name][kind][-1]})", file=sys.stderr)
     rows, results = [], []
+    rates: dict[str, dict[str, float]] = {}
     for name, _, senders, count in CASES:
-        rate = {kind: count / statistics.median(times[name][kind]) for kind in kinds}
+        rate = rates[name] = {kind: count / statistics.median(times[name][kind]) for kind in kinds}
         result: dict[str, object] = {"case": name, "associations": senders, "images": count}
         row = f"| {name} |"
         for kind in kinds:
@@ -220,16 +226,26 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("|" + "---|" * header.count(" |"))
     print("\n".join(rows))
+    single, concurrent = (name for name, *_ in CASES)
+    targets = {}
+    for kind in nodes:
+        targets[kind.replace("-", "_")] = {
+            "single_over_dcmtk": round(rates[single][kind] / rates[single]["dcmtk"], 3),
+            "concurrent_over_single": round(rates[concurrent][kind] / rates[single][kind], 3)}
+        print(f"{label[kind]}: one association {targets[kind.replace('-', '_')]['single_over_dcmtk']:.2f}x dcmtk "
+              f"(target >= 0.5); 8 associations together "
+              f"{targets[kind.replace('-', '_')]['concurrent_over_single']:.2f}x its one association (target >= 1)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "benchmark": "receive", "sender": "dcmtk storescu, TCP_NODELAY=1", "repeats": args.repeats,
         "statistic": "median wall time, first sender start to last sender exit",
-        "node": "dicom-node serve (fsync file + folder, ledger commit per instance)",
+        "node": "dicom-node serve (journal: fdatasync before each acknowledgement, group commit; "
+                "direct: fsync file + folder and ledger commit per instance)",
         "receivers": {k: label[k] for k in kinds},
         "dcmtk": "storescp --fork, TCP_NODELAY=1, no fsync", "machine": platform.node(),
         "processor": _cpu_model(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
-        "results": results}, indent=2) + "\n")
+        "results": results, "targets": targets}, indent=2) + "\n")
     return 0
 
 

@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 IDLE_RECYCLE_S = 1.0
 #: Seconds between retries after a failure to move (disk full, ledger locked).
 RETRY_S = 1.0
+#: Instances recorded per ledger transaction.
+LEDGER_BATCH = 64
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)
@@ -119,15 +121,18 @@ class JournalMover:
 
     def _move(self, records: Sequence[Record]) -> None:
         """Spool file, then ledger row, for each record; safe to repeat after a failure."""
+        rows = []
         for record in records:
             entry = record.entry
             path = self.spool.put_file(entry.study_uid, entry.series_uid, entry.sop_uid,
                                        lambda fh, r=record: _copy_out(r, fh.fileno()), sync=False)
             self._unflushed.append(path)
-            self.ledger.record_instance(entry.sop_uid, entry.study_uid, entry.series_uid, entry.sop_class_uid,
-                                        path, entry.assoc_id, now=entry.received_at)
+            rows.append((entry.sop_uid, entry.study_uid, entry.series_uid, entry.sop_class_uid, path,
+                         entry.assoc_id, entry.received_at))
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("moved", extra={"sop": short_uid(entry.sop_uid), "seq": record.seq})
+        for start in range(0, len(rows), LEDGER_BATCH):
+            self.ledger.record_instances(rows[start:start + LEDGER_BATCH])
         self.journal.moved(records)
 
     def _recycle(self, idle: bool = False) -> None:

@@ -4,9 +4,14 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from typing import Iterable, Optional, Tuple, Union
 
 from dicom_node.ledger.records import OPEN_STATES, DeliveryState, JobState
 from dicom_node.ledger.store import Store
+
+
+#: sop_uid, study_uid, series_uid, sop_class_uid, path, assoc_id, received_at
+InstanceRow = Tuple[str, str, str, str, Union[str, Path], Optional[str], float]
 
 
 class Receiving(Store):
@@ -62,24 +67,33 @@ class Receiving(Store):
         retention purged counts as new when it is sent again, and purged instances never join
         the re-opened job (their files are gone).
         """
-        now = now or time.time()
         with self._tx() as db:
-            known = db.execute("SELECT purged_at FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
-            if known is not None and known[0] is None:
-                return False
-            if known is not None and not Path(path).is_file():
-                # Retention purged the instance and, in the same transaction, the file just
-                # written for it again: the failure status makes the sender retry.
-                raise FileNotFoundError(f"{path}: removed by retention while being received; send again")
-            job_id = self._job_for_new_instance(db, series_uid, study_uid, now)
-            db.execute("INSERT OR REPLACE INTO instances(sop_uid, series_uid, study_uid, sop_class_uid, path, "
-                       "assoc_id, received_at, job_id, purged_at) VALUES (?,?,?,?,?,?,?,?,NULL)",
-                       (sop_uid, series_uid, study_uid, sop_class_uid, str(path), assoc_id, now, job_id))
-            db.execute("UPDATE jobs SET last_instance_at=?, updated_at=? WHERE id=?", (now, now, job_id))
-            # Earlier instances of the series belong to the re-opened job as well.
-            db.execute("UPDATE instances SET job_id=? WHERE series_uid=? AND job_id IS NOT ? AND purged_at IS NULL",
-                       (job_id, series_uid, job_id))
-            return True
+            return self._record(db, sop_uid, study_uid, series_uid, sop_class_uid, path, assoc_id, now or time.time())
+
+    def record_instances(self, rows: Iterable[InstanceRow]) -> int:
+        """:meth:`record_instance` for several instances in one transaction (the receive
+        journal's mover records its batches so); returns how many were new."""
+        with self._tx() as db:
+            return sum(self._record(db, *row) for row in rows)
+
+    def _record(self, db: sqlite3.Connection, sop_uid: str, study_uid: str, series_uid: str, sop_class_uid: str,
+                path: str | Path, assoc_id: str | None, now: float) -> bool:
+        known = db.execute("SELECT purged_at FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
+        if known is not None and known[0] is None:
+            return False
+        if known is not None and not Path(path).is_file():
+            # Retention purged the instance and, in the same transaction, the file just
+            # written for it again: the failure status makes the sender retry.
+            raise FileNotFoundError(f"{path}: removed by retention while being received; send again")
+        job_id = self._job_for_new_instance(db, series_uid, study_uid, now)
+        db.execute("INSERT OR REPLACE INTO instances(sop_uid, series_uid, study_uid, sop_class_uid, path, "
+                   "assoc_id, received_at, job_id, purged_at) VALUES (?,?,?,?,?,?,?,?,NULL)",
+                   (sop_uid, series_uid, study_uid, sop_class_uid, str(path), assoc_id, now, job_id))
+        db.execute("UPDATE jobs SET last_instance_at=?, updated_at=? WHERE id=?", (now, now, job_id))
+        # Earlier instances of the series belong to the re-opened job as well.
+        db.execute("UPDATE instances SET job_id=? WHERE series_uid=? AND job_id IS NOT ? AND purged_at IS NULL",
+                   (job_id, series_uid, job_id))
+        return True
 
     def _job_for_new_instance(self, db: sqlite3.Connection, series_uid: str, study_uid: str, now: float) -> int:
         row = db.execute("SELECT id, state FROM jobs WHERE series_uid=? AND state != ? ORDER BY id DESC LIMIT 1",
