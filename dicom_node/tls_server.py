@@ -51,9 +51,13 @@ class TlsAssociationServer(ThreadedAssociationServer):
             request.do_handshake()
             request.settimeout(None)
         except (ssl.SSLError, OSError) as exc:
-            logger.warning("TLS connection refused", extra={
-                "peer": client_address[0] if isinstance(client_address, tuple) else client_address,
-                "why": explain_refused(exc, self.handshake_timeout)})
+            peer = client_address[0] if isinstance(client_address, tuple) else client_address
+            if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError)):
+                # Closed before saying anything: a port check by monitoring or a load balancer.
+                logger.debug("connection closed before the TLS handshake", extra={"peer": peer})
+            else:
+                logger.warning("TLS connection refused", extra={
+                    "peer": peer, "why": explain_refused(exc, self.handshake_timeout)})
             self.shutdown_request(request)
             return
         super().finish_request(request, client_address)
