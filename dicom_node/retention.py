@@ -10,7 +10,8 @@ Which jobs are candidates is the ledger's decision (:mod:`dicom_node.ledger.purg
 with a pending or dead-lettered delivery, never one changed in the last ten minutes. Removed are
 the job's instances under ``spool/`` (never a file outside it: ``dicom-node process`` may have
 recorded a user's own folder) and its ``results/<job id>/`` folder. The ledger keeps every row
-and marks it purged.
+and marks it purged. While the ledger is locked for that mark, the files are only renamed into a
+trash folder under ``tmp/`` (milliseconds); they are deleted after the lock is released.
 
 The node runs :class:`Retention` in a thread of its own every ``retention.interval_minutes``;
 :func:`retention_status` is what the console and ``/metrics`` show of it.
@@ -22,6 +23,7 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from typing import Any, NamedTuple
 
 from dicom_node.config import Config
 from dicom_node.ledger import Ledger
-from dicom_node.names import RESULTS_DIR, SPOOL_DIR
+from dicom_node.names import RESULTS_DIR, SPOOL_DIR, TMP_DIR
 from dicom_node.observability import audit, metrics
 
 __all__ = ["DiskUsage", "Retention", "RetentionRun", "purge_once", "retention_status"]
@@ -46,6 +48,8 @@ class DiskUsage(NamedTuple):
 #: ``usage(path) -> DiskUsage`` of the filesystem holding ``path`` (``shutil.disk_usage``).
 UsageFn = Callable[[Path], Any]
 _BATCH = 200
+#: Trash folders under ``tmp/`` (same filesystem as the spool, so moving there is a rename).
+TRASH_PREFIX = "purge-"
 
 
 @dataclass(frozen=True)
@@ -86,48 +90,73 @@ def _used_percent(usage: Any) -> float:
     return 100.0 * usage.used / usage.total if usage.total else 0.0
 
 
-def _within(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder)
-    except (ValueError, OSError):
-        return False
-    return True
+def _within(path: Path, folder: str) -> bool:
+    # Lexical, without a system call per path: rename and unlink never follow a symlink, so a
+    # link inside the spool can only lose the link itself.
+    return os.path.normpath(os.path.abspath(path)).startswith(folder + os.sep)
 
 
-def remove_job_files(data_dir: Path, job_id: int, spool_paths: list[Path]) -> tuple[int, int]:
-    """Delete a job's spool files and result folder; returns (files removed, bytes freed)."""
-    files = freed = 0
-    spool = (data_dir / SPOOL_DIR).resolve()
-    folders: set[Path] = set()
+def take_away(data_dir: Path, job_id: int, spool_paths: list[Path]) -> Path:
+    """Move a job's spool files and result folder into a trash folder under ``tmp/``; returns it.
+
+    Renames only (a series folder whole when it holds nothing else, else file by file), because
+    this runs while the ledger is locked; :func:`empty_trash` deletes afterwards.
+    """
+    trash = data_dir / TMP_DIR / f"{TRASH_PREFIX}{job_id}-{uuid.uuid4().hex[:8]}"
+    trash.mkdir(parents=True)
+    spool = os.path.normpath(data_dir.absolute() / SPOOL_DIR)
+    by_folder: dict[Path, set[str]] = {}
     for path in spool_paths:
-        if not _within(path, spool):
+        if _within(path, spool):
+            by_folder.setdefault(path.parent, set()).add(path.name)
+        else:
             logger.warning("retention: instance outside the spool left in place", extra={"job": job_id})
-            continue
+    for n, (folder, names) in enumerate(sorted(by_folder.items())):
         try:
-            size = path.stat().st_size
-            path.unlink()
+            present = set(os.listdir(folder))
         except FileNotFoundError:
             continue
-        files, freed = files + 1, freed + size
-        folders.add(path.parent)
-    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-        for empty in (folder, folder.parent):  # series, then study folder
+        if present <= names:
+            os.rename(folder, trash / f"series{n}")
             try:
-                if empty != spool:
-                    empty.rmdir()
+                folder.parent.rmdir()  # the study folder, when this was its last series
             except OSError:
-                break  # not empty (another series, or an instance arriving): keep it
+                pass
+            continue
+        for name in names & present:
+            try:
+                os.rename(folder / name, trash / f"{n}-{name}")
+            except FileNotFoundError:
+                pass
     results = data_dir / RESULTS_DIR / str(job_id)
     if results.is_dir() and not results.is_symlink():
-        for root, _dirs, names in os.walk(results):
-            for name in names:
-                try:
-                    freed += os.lstat(os.path.join(root, name)).st_size
-                    files += 1
-                except FileNotFoundError:
-                    pass
-        shutil.rmtree(results, ignore_errors=True)
+        os.rename(results, trash / "results")
+    return trash
+
+
+def empty_trash(trash: Path) -> tuple[int, int]:
+    """Delete a trash folder; returns (files, bytes) it held."""
+    files = freed = 0
+    for root, _dirs, names in os.walk(trash):
+        for name in names:
+            try:
+                freed += os.lstat(os.path.join(root, name)).st_size
+                files += 1
+            except FileNotFoundError:
+                pass
+    shutil.rmtree(trash, ignore_errors=True)
     return files, freed
+
+
+def _empty_leftover_trash(data_dir: Path) -> None:
+    """Trash a crash left behind: its job was purged, or was about to be and still may be."""
+    try:
+        entries = list(os.scandir(data_dir / TMP_DIR))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.startswith(TRASH_PREFIX) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def purge_once(cfg: Config, ledger: Ledger, now: float | None = None,
@@ -151,10 +180,11 @@ def purge_once(cfg: Config, ledger: Ledger, now: float | None = None,
     totals = {"jobs": 0, "files": 0, "bytes": 0, "age": 0, "disk": 0}
 
     def purge(job_id: int, reason: str) -> None:
-        done = ledger.purge_job(job_id, lambda jid, paths: remove_job_files(data_dir, jid, paths), now)
-        if done is None:
+        trash = ledger.purge_job(job_id, lambda jid, paths: take_away(data_dir, jid, paths), now)
+        if trash is None:
             return
-        files, freed = done
+        files, freed = empty_trash(trash)
+        ledger.record_purged_bytes(job_id, freed)
         totals["jobs"] += 1
         totals["files"] += files
         totals["bytes"] += freed
@@ -164,6 +194,7 @@ def purge_once(cfg: Config, ledger: Ledger, now: float | None = None,
         metrics.RETENTION_BYTES_FREED.inc(freed)
         audit.record("retention_purge", job=job_id, reason=reason, files=files, bytes=freed)
 
+    _empty_leftover_trash(data_dir)
     if rules.max_age_days is not None:
         cutoff = now - rules.max_age_days * 86400
         while batch := ledger.purge_candidates(now, changed_before=cutoff, limit=_BATCH):

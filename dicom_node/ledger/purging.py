@@ -12,10 +12,13 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from dicom_node.ledger.store import Store
 
 __all__ = ["Purging", "SETTLE_S"]
+
+T = TypeVar("T")
 
 #: A job changed this recently is never a candidate: its outcome may have been recorded a moment
 #: ago, before its deliveries were queued.
@@ -27,8 +30,8 @@ _PURGEABLE = (
     "(SELECT 1 FROM deliveries d WHERE d.job_id = j.id AND d.state != 'sent')))"
 )
 
-#: ``remove(job_id, spool paths) -> (files removed, bytes freed)``.
-RemoveFn = Callable[[int, list[Path]], tuple[int, int]]
+#: ``take_away(job_id, spool paths) -> T``: moves the job's files where the receiver cannot reach them.
+TakeAwayFn = Callable[[int, list[Path]], T]
 
 
 class Purging(Store):
@@ -49,15 +52,16 @@ class Purging(Store):
             f"SELECT j.id, j.updated_at FROM jobs j WHERE {_PURGEABLE} AND j.updated_at < ? "
             "ORDER BY j.updated_at, j.id LIMIT ?", (before, limit)))
 
-    def purge_job(self, job_id: int, remove: RemoveFn, now: float | None = None) -> tuple[int, int] | None:
-        """Remove a job's files with ``remove`` and record it; None when the job is no longer a
-        candidate (a delivery was requeued meanwhile).
+    def purge_job(self, job_id: int, take_away: TakeAwayFn[T], now: float | None = None) -> T | None:
+        """Take a job's files away with ``take_away`` and mark the job and its instances purged;
+        returns what ``take_away`` returned, or None when the job is no longer a candidate (a
+        delivery was requeued meanwhile).
 
-        ``remove`` runs inside the write transaction: the receiver cannot record an instance of
-        the series until the files are gone and marked, so an instance sent again at this very
-        moment is either still known (a duplicate, as before) or found purged with its new file
-        missing, which it answers with a failure status the sender retries (see
-        ``Receiving.record_instance``).
+        ``take_away`` runs inside the write transaction, so it must be quick (renames, not
+        deletions): the receiver cannot record an instance of the series meanwhile, and an
+        instance sent again at this very moment is either still known (a duplicate, as before) or
+        found purged with its new file gone, which it answers with a failure status the sender
+        retries (see ``Receiving.record_instance``).
         """
         now = time.time() if now is None else now
         with self._tx() as db:
@@ -65,10 +69,15 @@ class Purging(Store):
                 return None
             paths = [Path(r[0]) for r in db.execute("SELECT path FROM instances WHERE job_id=? AND purged_at IS NULL "
                                                     "ORDER BY sop_uid", (job_id,))]
-            files, freed = remove(job_id, paths)
+            taken = take_away(job_id, paths)
             db.execute("UPDATE instances SET purged_at=? WHERE job_id=? AND purged_at IS NULL", (now, job_id))
-            db.execute("UPDATE jobs SET purged_at=?, purged_bytes=? WHERE id=?", (now, freed, job_id))
-            return files, freed
+            db.execute("UPDATE jobs SET purged_at=? WHERE id=?", (now, job_id))
+            return taken
+
+    def record_purged_bytes(self, job_id: int, freed: int) -> None:
+        """The bytes a purge freed, once its files were deleted."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET purged_bytes=COALESCE(purged_bytes, 0)+? WHERE id=?", (freed, job_id))
 
     def purge_totals(self) -> dict[str, int]:
         """Jobs purged and bytes freed over the ledger's life."""

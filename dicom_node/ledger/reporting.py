@@ -38,9 +38,9 @@ class Reporting(Store):
 
     # -- operators' views: metrics (dicom_node.observability) and the audit trail ----------------
     def series_by_state(self) -> dict[str, int]:
-        """Series counted by the state of their latest job."""
-        rows = self._db().execute("SELECT state, COUNT(*) FROM jobs WHERE id IN (SELECT MAX(id) FROM jobs "
-                                  "GROUP BY series_uid) GROUP BY state")
+        """Series counted by the state of their latest job (the one nothing superseded: a newer
+        job of a series always marks the one before it)."""
+        rows = self._db().execute("SELECT state, COUNT(*) FROM jobs WHERE superseded_by IS NULL GROUP BY state")
         return {r[0]: r[1] for r in rows}
 
     def outbox_summary(self) -> list[sqlite3.Row]:

@@ -130,6 +130,11 @@ def test_jobs_series_outbox_and_model_gauges(ledger):
     assert value(samples, "dural_outbox_dead_letters", destination="pacs", kind="dicom") == 1
     assert value(samples, "dural_outbox_depth", destination="archive", kind="dicom") == 1
     assert value(samples, "dural_outbox_dead_letters", destination="archive", kind="dicom") == 0
+    # More instances of the delivered series: its new job is what the series' state says now.
+    ledger.record_instance("1.2.826.0.2.1.2", "1.2.826.0.2", "1.2.826.0.2.1", CT, "/x/1b", None, now=T + 40)
+    grown = scrape()
+    assert value(grown, "dural_series", state="delivered") == 0 and value(grown, "dural_series", state="received") == 2
+    assert value(grown, "dural_jobs", state="delivered") == 1  # the job itself keeps its state
     info = samples["dural_model_info"]
     assert list(info) == [(("name", "CSR-UNet SDH/EDH"), ("version", "3.0"), ("weights_sha256", "ab" * 32))]
     assert value(samples, "dural_ledger_readable") == 1

@@ -252,3 +252,21 @@ def test_bad_retention_settings_are_refused_at_start(tmp_path, retention, key):
 def test_bad_audit_settings_are_refused_at_start(tmp_path, section, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_config({"node": {"data_dir": str(tmp_path)}, "audit": section})
+
+
+def test_a_crash_leftover_is_emptied_and_unknown_files_in_a_series_folder_stay(tmp_path):
+    site = Site(tmp_path, max_age_days=1, disk_high_water_percent=None)
+    leftover = site.data_dir / "tmp" / "purge-7-0a1b2c3d" / "series0"
+    leftover.mkdir(parents=True)
+    (leftover / "x.dcm").write_bytes(b"\0" * SIZE)
+    job = site.job(3)
+    files = site.files_of(job)
+    stray = files[0].parent / "1.2.826.0.99.dcm"  # in the series folder, unknown to the ledger
+    stray.write_bytes(b"\0" * SIZE)
+
+    run = purge_once(site.cfg, site.ledger, now=NOW, usage=site.usage(10**9, 0))
+
+    assert run.jobs == 1 and not any(p.exists() for p in files)
+    assert stray.exists(), "a file the job does not own must stay"
+    assert not leftover.parent.exists()
+    assert list((site.data_dir / "tmp").iterdir()) == []
