@@ -60,8 +60,8 @@ class Purging(Store):
         ``take_away`` runs inside the write transaction, so it must be quick (renames, not
         deletions): the receiver cannot record an instance of the series meanwhile, and an
         instance sent again at this very moment is either still known (a duplicate, as before) or
-        found purged with its new file gone, which it answers with a failure status the sender
-        retries (see ``Receiving.record_instance``).
+        found purged with its new file gone, and recording it fails so that its file is written
+        again (see ``Receiving.record_instance``).
         """
         now = time.time() if now is None else now
         with self._tx() as db:

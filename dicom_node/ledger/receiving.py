@@ -83,7 +83,8 @@ class Receiving(Store):
             return False
         if known is not None and not Path(path).is_file():
             # Retention purged the instance and, in the same transaction, the file just
-            # written for it again: the failure status makes the sender retry.
+            # written for it again. Raising makes the write happen again: the receiver answers
+            # a failure status the sender retries, the journal mover retries its batch.
             raise FileNotFoundError(f"{path}: removed by retention while being received; send again")
         job_id = self._job_for_new_instance(db, series_uid, study_uid, now)
         db.execute("INSERT OR REPLACE INTO instances(sop_uid, series_uid, study_uid, sop_class_uid, path, "
