@@ -14,12 +14,11 @@ from dicom_node.names import LEDGER_FILE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    create = sub.add_parser("create", help="make a token for NAME and print it (once)")
-    create.add_argument("name", help="who or what uses it, e.g. alice or prometheus (1-64 of A-Z a-z 0-9 ._@-)")
-    sub.add_parser("list", help="list tokens: name, created, last used, revoked")
-    revoke = sub.add_parser("revoke", help="revoke NAME's token and end its browser sessions")
-    revoke.add_argument("name")
+    parser.add_argument("action", choices=("create", "list", "revoke"),
+                        help="create: make a token for NAME and print it (once); list: name, created, last used, "
+                             "revoked; revoke: revoke NAME's token and end its browser sessions")
+    parser.add_argument("name", nargs="?", help="who or what uses the token, e.g. alice or prometheus "
+                                                "(1-64 of A-Z a-z 0-9 ._@-)")
 
 
 def _when(ts: float | None) -> str:
@@ -30,6 +29,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from dicom_node.console.auth import create_token, list_tokens, revoke_token
     from dicom_node.ledger import Ledger
 
+    if args.action != "list" and not args.name:
+        print(f"dicom-node token {args.action}: NAME is required")
+        return 2
     ledger = Ledger(cfg.data_dir / LEDGER_FILE)
     try:
         if args.action == "create":

@@ -25,7 +25,7 @@ def retry(console: Console, job_id: int, user: str, delivery_id: int | None = No
     if delivery_id is not None and not any(d.id == delivery_id for d in console.ledger.deliveries(job_id)):
         raise HTTPException(404, f"delivery {delivery_id} is not a delivery of job {job_id}")
     count = console.ledger.retry_dead(job_id, console.clock(), delivery_id=delivery_id)
-    audit.record("delivery_retry", token=user, job=job_id, delivery=delivery_id, requeued=count)
+    audit.record("delivery_retry", token_name=user, job=job_id, delivery=delivery_id, requeued=count)
     return count
 
 

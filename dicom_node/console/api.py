@@ -1,7 +1,6 @@
 """``/api/v1``: the JSON behind every page of the console (documents from ``console.views``)."""
 from __future__ import annotations
 
-import time
 from datetime import date
 from typing import Any, Literal
 
@@ -10,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 
 from dicom_node.console import actions
 from dicom_node.console.auth import api_user
+from dicom_node.httpstatus import iso
 from dicom_node.observability import audit
 from dicom_node.retention import retention_status
 
@@ -28,7 +28,7 @@ def studies(request: Request, day: date | None = Query(None, alias="date", descr
             accession: str | None = Query(None, max_length=64, description="accession number contains (any case)"),
             limit: int = Query(200, ge=1, le=5000)) -> dict[str, Any]:
     console = request.app.state.console
-    audit.record("worklist_viewed", token=request.state.user, api=True, searched=bool(accession))
+    audit.record("worklist_viewed", token_name=request.state.user, api=True, searched=bool(accession))
     return console.views.worklist(day=day, days=days, state=state, category=category, accession=accession,
                                   limit=limit, now=console.clock())
 
@@ -38,7 +38,7 @@ def study(request: Request, study_uid: str) -> dict[str, Any]:
     doc = request.app.state.console.views.study(study_uid)
     if doc is None:
         raise HTTPException(404, "no such study on this node")
-    audit.record("study_viewed", token=request.state.user, api=True, study_uid=study_uid)
+    audit.record("study_viewed", token_name=request.state.user, api=True, study_uid=study_uid)
     return doc
 
 
@@ -46,7 +46,7 @@ def study(request: Request, study_uid: str) -> dict[str, Any]:
 def job(request: Request, job_id: int) -> dict[str, Any]:
     console = request.app.state.console
     doc = console.views.series(actions.job_or_404(console, job_id))
-    audit.record("job_viewed", token=request.state.user, api=True, job=job_id)
+    audit.record("job_viewed", token_name=request.state.user, api=True, job=job_id)
     return doc
 
 
@@ -87,8 +87,10 @@ def system_doc(request: Request) -> dict[str, Any]:
     console = request.app.state.console
     doc = console.status()
     retention = retention_status()
-    last = retention.get("last_run_at")
+    if retention.get("last_run_at") is not None:
+        retention["last_run_at"] = iso(float(retention["last_run_at"]))
+    if isinstance(retention.get("last_run"), dict) and retention["last_run"].get("started_at") is not None:
+        retention["last_run"] = {**retention["last_run"], "started_at": iso(float(retention["last_run"]["started_at"]))}
     doc["readiness"] = console.readiness()
-    doc["retention"] = {**retention, "last_run_at": None if last is None else
-                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(last)))}
+    doc["retention"] = retention
     return doc

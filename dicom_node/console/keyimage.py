@@ -35,10 +35,13 @@ def _frame_masks(seg: pydicom.Dataset) -> dict[str, dict[str, np.ndarray]]:
     pixels = seg.pixel_array
     if pixels.ndim == 2:
         pixels = pixels[None]
+    shared = seg.get("SharedFunctionalGroupsSequence", [None])[0]
     masks: dict[str, dict[str, np.ndarray]] = {}
     for index, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
         source = str(group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
-        label = labels.get(int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber), "?")
+        # With one segment, writers (highdicom among them) put its identification in the shared group.
+        identification = group if "SegmentIdentificationSequence" in group else shared
+        label = labels.get(int(identification.SegmentIdentificationSequence[0].ReferencedSegmentNumber), "?")
         frame = pixels[index] > 0
         slot = masks.setdefault(source, {})
         slot[label] = slot[label] | frame if label in slot else frame

@@ -40,7 +40,7 @@ def worklist(request: Request, date: str = "", days: int = 7, state: str = "", c
     doc = console.views.worklist(day=_day(date), days=max(1, min(days, 3660)), state=state or None,
                                  category=category or None, accession=accession.strip()[:64] or None,
                                  now=console.clock())
-    audit.record("worklist_viewed", token=request.state.user, api=False, searched=bool(accession.strip()))
+    audit.record("worklist_viewed", token_name=request.state.user, api=False, searched=bool(accession.strip()))
     form = {"date": date if _day(date) else "", "days": days, "state": state, "category": category,
             "accession": accession}
     return _page(request, "worklist.html", doc=doc, form=form, states=states)
@@ -51,7 +51,7 @@ def study(request: Request, study_uid: str, retried: int | None = None) -> HTMLR
     doc = request.app.state.console.views.study(study_uid)
     if doc is None:
         return _page(request, "missing.html", status_code=404, what="study")
-    audit.record("study_viewed", token=request.state.user, api=False, study_uid=study_uid)
+    audit.record("study_viewed", token_name=request.state.user, api=False, study_uid=study_uid)
     return _page(request, "study.html", study=doc, retried=retried)
 
 
@@ -89,7 +89,7 @@ def logout(request: Request) -> RedirectResponse:
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         request.app.state.console.ledger.end_session(digest(cookie))
-    audit.record("logout", token=request.state.user)
+    audit.record("logout", token_name=request.state.user)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

@@ -30,8 +30,8 @@ def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", tags=["probes"], summary="Prometheus metrics (dural_*)")
-def metrics() -> Response:
-    body, content_type = exposition()
+def metrics(request: Request) -> Response:
+    body, content_type = exposition(request.headers.get("accept"))
     return Response(body, media_type=content_type)
 
 
@@ -54,7 +54,7 @@ def login(request: Request, token: str = Form(""), next: str = Form("/")) -> Res
     session = secrets.token_urlsafe(32)
     minutes = console.cfg.http.session_minutes
     console.ledger.add_session(digest(session), name, now + minutes * 60, now)
-    audit.record("login", ok=True, token=name, client=_client(request))
+    audit.record("login", ok=True, token_name=name, client=_client(request))
     response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(SESSION_COOKIE, session, max_age=max(1, int(minutes * 60)), httponly=True, samesite="lax",
                         secure=console.cfg.http.cookie_secure, path="/")

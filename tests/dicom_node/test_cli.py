@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("restore_root_logging")
 REQUIRED = {
     "serve": [], "worker": [], "status": [], "echo": ["pacs"], "send": ["x.dcm", "--to", "pacs"], "retry": [],
     "process": ["x.dcm", "--output", "out"], "demo": [], "check-config": [],
-    "reprocess": ["--source", "pacs", "--since", "2026-01-01"],
+    "reprocess": ["--source", "pacs", "--since", "2026-01-01"], "token": ["create", "alice"],
 }
 
 

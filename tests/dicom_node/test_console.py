@@ -240,7 +240,7 @@ def test_authentication_no_wrong_revoked_token_and_expired_session(node):
     assert requests.get(base + "/api/v1/system", headers=bearer(early), timeout=10).status_code == 200
     audit = (node.cfg.data_dir / "audit" / "audit.jsonl").read_text()
     logins = [json.loads(line) for line in audit.splitlines() if '"login"' in line]
-    assert {(r.get("ok"), r.get("token")) for r in logins} >= {(False, None), (True, "carol"), (True, "dave")}
+    assert {(r.get("ok"), r.get("token_name")) for r in logins} >= {(False, None), (True, "carol"), (True, "dave")}
     assert token not in audit and early not in audit and "dn_wrong" not in audit
 
 
@@ -316,7 +316,7 @@ def test_retry_a_dead_delivery_from_the_browser(node, dcmtk, tmp_path):
         pacs.terminate()
         pacs.wait(10)
     audit = [json.loads(line) for line in (node.cfg.data_dir / "audit" / "audit.jsonl").read_text().splitlines()]
-    assert {"event": "delivery_retry", "token": "grace", "job": job, "delivery": dead["id"], "requeued": 1}.items() \
+    assert {"event": "delivery_retry", "token_name": "grace", "job": job, "delivery": dead["id"], "requeued": 1}.items() \
         <= next(r for r in audit if r["event"] == "delivery_retry").items()
 
 
