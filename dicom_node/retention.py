@@ -87,7 +87,9 @@ def retention_status() -> dict[str, Any]:
 
 
 def _used_percent(usage: Any) -> float:
-    return 100.0 * usage.used / usage.total if usage.total else 0.0
+    # As df's Use%: blocks reserved for root count neither as used nor as available.
+    usable = usage.used + usage.free
+    return 100.0 * usage.used / usable if usable else 0.0
 
 
 def _within(path: Path, folder: str) -> bool:
