@@ -341,3 +341,8 @@ def test_readiness_names_the_model_and_the_queue(tmp_path):
                         "(model.weights)"]
     (tmp_path / "none.pt").write_bytes(b"weights")
     assert readiness_problems(cfg, ledger, list) == []
+
+
+def test_console_listens_on_loopback_unless_told_otherwise(tmp_path):
+    cfg = parse_config({"node": {"data_dir": str(tmp_path)}})
+    assert (cfg.http.bind, cfg.http.enabled, cfg.http.cookie_secure) == ("127.0.0.1", True, False)
