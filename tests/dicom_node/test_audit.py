@@ -181,3 +181,30 @@ def test_delivery_attempts_are_audited_and_counted(tmp_path, trail):
         now = metrics.REGISTRY.get_sample_value("dural_delivery_attempts_total",
                                                 {"destination": "pacs", "kind": "dicom", "result": result})
         assert now - before[result] == 1
+
+
+@pytest.mark.network
+def test_notifications_are_audited_timed_and_free_of_phi(tmp_path, trail, series_factory, monkeypatch, no_phi):
+    from dicom_node.notify import queue_notifications
+    from tests.dicom_node.test_notify import CRITICAL, SECRET, add_result, deliver, make_cfg
+    from tests.notify_peers import MllpListener, WebhookReceiver
+
+    monkeypatch.setenv("DURAL_WEBHOOK_SECRET", SECRET)
+    with MllpListener() as ris, WebhookReceiver(SECRET.encode(), statuses=[503]) as hook:
+        cfg = make_cfg(tmp_path, mllp=ris.port, hook=hook.url)
+        ledger = Ledger(cfg.data_dir / "ledger.sqlite")
+        metrics.bind_ledger(ledger)
+        try:
+            job = add_result(ledger, series_factory("notified"), CRITICAL)
+            assert sorted(queue_notifications(cfg, ledger, job)) == ["hl7:ris", "webhook:oncall"]
+            deliver(cfg, ledger, rounds=2)  # the webhook answers 503 once, then 200
+            assert ledger.job(job).state == JobState.DELIVERED
+            body, _ = metrics.exposition()
+        finally:
+            metrics.bind_ledger(None)
+    sent = [(r["destination"], r["kind"], r["result"], r["attempt"]) for r in trail() if r["event"] == "notification"]
+    assert sorted(sent) == [("hl7:ris", "hl7", "sent", 1), ("webhook:oncall", "webhook", "retry", 1),
+                            ("webhook:oncall", "webhook", "sent", 2)]
+    assert 'dural_stage_duration_seconds_count{stage="notification"} 1.0' in body.decode()
+    assert 'dural_stage_duration_seconds_count{stage="sending"} 0.0' in body.decode()  # no DICOM destination
+    no_phi((tmp_path / "audit" / "audit.jsonl").read_text())
