@@ -181,9 +181,18 @@ def purge_once(cfg: Config, ledger: Ledger, now: float | None = None,
     rules, data_dir = cfg.retention, Path(cfg.data_dir)
     totals = {"jobs": 0, "files": 0, "bytes": 0, "age": 0, "disk": 0}
 
+    skipped: set[int] = set()  # no longer candidates, or failed: not tried again in this run
+    errors: list[str] = []
+
     def purge(job_id: int, reason: str) -> None:
-        trash = ledger.purge_job(job_id, lambda jid, paths: take_away(data_dir, jid, paths), now)
+        try:
+            trash = ledger.purge_job(job_id, lambda jid, paths: take_away(data_dir, jid, paths), now)
+        except OSError as exc:  # one job's files (permissions, a vanished mount) must not stop the rest
+            logger.exception("retention: cannot purge a job's files; next run tries again", extra={"job": job_id})
+            errors.append(f"job {job_id}: {exc}")
+            trash = None
         if trash is None:
+            skipped.add(job_id)
             return
         files, freed = empty_trash(trash)
         ledger.record_purged_bytes(job_id, freed)
@@ -196,28 +205,26 @@ def purge_once(cfg: Config, ledger: Ledger, now: float | None = None,
         metrics.RETENTION_BYTES_FREED.inc(freed)
         audit.record("retention_purge", job=job_id, reason=reason, files=files, bytes=freed)
 
+    def candidates(changed_before: float | None) -> list[int]:
+        rows = ledger.purge_candidates(now, changed_before=changed_before, limit=_BATCH + len(skipped))
+        return [int(r["id"]) for r in rows if int(r["id"]) not in skipped][:_BATCH]
+
     _empty_leftover_trash(data_dir)
     if rules.max_age_days is not None:
         cutoff = now - rules.max_age_days * 86400
-        while batch := ledger.purge_candidates(now, changed_before=cutoff, limit=_BATCH):
-            for row in batch:
-                purge(int(row["id"]), "age")
-            if len(batch) < _BATCH:
-                break
+        while batch := candidates(cutoff):
+            for job_id in batch:
+                purge(job_id, "age")
     used = _used_percent(usage(data_dir))
     if rules.disk_high_water_percent is not None:
-        skipped: set[int] = set()
         while used > rules.disk_high_water_percent:
-            batch = [r for r in ledger.purge_candidates(now, limit=_BATCH) if int(r["id"]) not in skipped]
+            batch = candidates(None)
             if not batch:
                 logger.warning("retention: disk above retention.disk_high_water_percent and nothing left to purge "
                                "(undelivered jobs are kept)", extra={"used_percent": round(used, 1)})
                 break
-            for row in batch:
-                before = totals["jobs"]
-                purge(int(row["id"]), "disk")
-                if totals["jobs"] == before:
-                    skipped.add(int(row["id"]))
+            for job_id in batch:
+                purge(job_id, "disk")
                 used = _used_percent(usage(data_dir))
                 if used <= rules.disk_high_water_percent:
                     break
@@ -227,7 +234,7 @@ def purge_once(cfg: Config, ledger: Ledger, now: float | None = None,
     finished = time.time()
     metrics.RETENTION_LAST_RUN.set(finished)
     with _lock:
-        _status.update(last_run_at=finished, last_run=asdict(run), last_error=None,
+        _status.update(last_run_at=finished, last_run=asdict(run), last_error="; ".join(errors)[:300] or None,
                        jobs_purged=_status["jobs_purged"] + run.jobs, files_purged=_status["files_purged"] + run.files,
                        bytes_freed=_status["bytes_freed"] + run.bytes)
     if run.jobs:

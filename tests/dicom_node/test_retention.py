@@ -5,7 +5,9 @@ so the high-water rule is exercised without filling a disk.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import time
 from pathlib import Path
 
@@ -270,3 +272,24 @@ def test_a_crash_leftover_is_emptied_and_unknown_files_in_a_series_folder_stay(t
     assert stray.exists(), "a file the job does not own must stay"
     assert not leftover.parent.exists()
     assert list((site.data_dir / "tmp").iterdir()) == []
+
+
+def test_a_job_whose_files_cannot_be_moved_does_not_stop_the_others(tmp_path, monkeypatch):
+    site = Site(tmp_path, max_age_days=1, disk_high_water_percent=None)
+    stuck, fine = site.job(5), site.job(4)
+    stuck_results = site.data_dir / "results" / str(stuck)
+    rename = os.rename
+
+    def failing(src, dst):  # as root nothing refuses a rename; an I/O error is what a bad disk gives
+        if Path(src) == stuck_results:
+            raise OSError(errno.EIO, "Input/output error")
+        return rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing)
+    run = purge_once(site.cfg, site.ledger, now=NOW, usage=site.usage(10**9, 0))
+    assert run.jobs == 1 and site.ledger.job(fine).purged_at is not None
+    assert site.ledger.job(stuck).purged_at is None and stuck_results.exists()
+    assert f"job {stuck}" in retention_status()["last_error"]
+    monkeypatch.setattr(os, "rename", rename)
+    assert purge_once(site.cfg, site.ledger, now=NOW, usage=site.usage(10**9, 0)).jobs == 1  # next run: done
+    assert site.ledger.job(stuck).purged_at is not None and retention_status()["last_error"] is None
