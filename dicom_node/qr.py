@@ -201,8 +201,9 @@ def get_series(src: Peer, calling_ae: str, study_uid: str, series_uid: str, on_s
     assoc = ae.associate(src.host, int(src.port), ae_title=src.ae_title, ext_neg=roles,
                          evt_handlers=[(evt.EVT_C_STORE, on_store)], tls_args=tls_args(src))
     if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else _why_not_established(ae, src, tls_args(src))
-        raise DeliveryError(f"{src.ae_title}@{src.host}:{src.port} C-GET association: {why}")
+        why = ("rejected the association (called AE title wrong, our calling AE not allowed there, or too busy)"
+               if assoc.is_rejected else _why_not_established(ae, src, tls_args(src)))
+        raise DeliveryError(f"{src.ae_title}@{src.host}:{src.port} (C-GET) {why}")
     try:
         if on_open is not None:
             on_open(assoc)

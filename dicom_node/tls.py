@@ -107,7 +107,9 @@ def _readable(path: Path, key: str) -> bytes:
         raise ValueError(f"{key}: {path} is not readable by this user; fix its owner or permissions") from None
 
 
-def _certificates(path: Path, key: str, now: dt.datetime) -> list[Any]:
+def _certificates(path: Path, key: str, now: dt.datetime, *, bundle: bool = False) -> list[Any]:
+    """The PEM certificates in ``path``; each must be valid now, or for a ``bundle`` of trusted
+    CAs at least one (a stale entry among several trusts nothing but harms nothing)."""
     from cryptography import x509
 
     data = _readable(path, key)
@@ -116,6 +118,8 @@ def _certificates(path: Path, key: str, now: dt.datetime) -> list[Any]:
     except ValueError:
         raise ValueError(f"{key}: {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----); "
                          "convert a DER file with `openssl x509 -inform der -in FILE -out FILE.pem`") from None
+    if bundle and any(c.not_valid_before_utc <= now <= c.not_valid_after_utc for c in certs):
+        return certs
     for cert in certs:
         subject = cert.subject.rfc4514_string() or "(empty subject)"
         if cert.not_valid_after_utc < now:
@@ -166,7 +170,7 @@ def check_files(tls: AnyTls, where: str, now: dt.datetime | None = None) -> None
         _certificates(tls.certificate, f"{where}.certificate", now)
         _check_key(tls.certificate, tls.private_key, where)
     if tls.ca_certificates is not None:
-        _certificates(tls.ca_certificates, f"{where}.ca_certificates", now)
+        _certificates(tls.ca_certificates, f"{where}.ca_certificates", now, bundle=True)
 
 
 # -- contexts -------------------------------------------------------------------------------------

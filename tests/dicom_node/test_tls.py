@@ -83,6 +83,9 @@ BAD: list[tuple[str, Case, list[str]]] = [
     ("expired certificate", lambda p, t: {"node": {"tls": node_tls(p, certificate=str(p.expired.cert),
                                                                     private_key=str(p.expired.key))}},
      ["node.tls.certificate:", "expired on", "renew it"]),
+    ("CA file with only an expired certificate",
+     lambda p, t: {"node": {"tls": node_tls(p, ca_certificates=str(p.expired.cert))}},
+     ["node.tls.ca_certificates:", "expired on", "renew it"]),
     ("no CA while clients must present certificates",
      lambda p, t: {"node": {"tls": {k: v for k, v in node_tls(p).items() if k != "ca_certificates"}}},
      ["node.tls:", "ca_certificates must name the CA file", "require_client_certificate: false"]),
@@ -132,6 +135,15 @@ def test_relative_paths_are_taken_from_the_config_folder(pki, tmp_path):
     assert cfg.node.tls.require_client_certificate is True  # mutual TLS unless turned off
     assert cfg.destinations[0].tls is not None and cfg.destinations[0].tls.ca_certificates == folder / pki.ca.name
     assert cfg.destinations[0].tls.check_hostname is True
+
+
+def test_a_stale_entry_in_a_ca_bundle_is_tolerated(pki, tmp_path):
+    bundle = tmp_path / "trusted.crt"
+    bundle.write_bytes(pki.expired.cert.read_bytes() + pki.ca.read_bytes())
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"node": {"data_dir": str(tmp_path / "var"),
+                                             "tls": node_tls(pki, ca_certificates=str(bundle))}}))
+    assert load_config(path).node.tls is not None
 
 
 def test_shipped_config_has_tls_off(tmp_path):
