@@ -28,7 +28,6 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
-from pynetdicom.utils import make_target
 
 from dicom_node import netfast
 from dicom_node.config import Config
@@ -41,7 +40,7 @@ from dicom_node.names import (JOURNAL_DIR, STATUS_CANNOT_UNDERSTAND, STATUS_DATA
 from dicom_node.observability import events as observed
 from dicom_node.spool import Spool, clean_uid, is_disk_full
 from dicom_node.tls import peer_subject, server_context
-from dicom_node.tls_server import TlsAssociationServer
+from dicom_node.tls_server import start_tls_server
 from dicom_node.wire import MalformedDataset, file_meta, scan
 
 logger = logging.getLogger(__name__)
@@ -311,10 +310,7 @@ def make_server(cfg: Config, spool: Spool, ledger: Ledger, state: ReceiverState 
     if tls is None:
         server = ae.start_server(address, block=False, evt_handlers=handlers)
     else:
-        server = ae.make_server(address, ssl_context=server_context(tls), evt_handlers=handlers,
-                                server_class=TlsAssociationServer, handshake_timeout=cfg.node.acse_timeout_s)
-        threading.Thread(target=make_target(server.serve_forever), name=f"TlsAcceptor@{address[1]}",
-                         daemon=True).start()
+        server = start_tls_server(ae, address, handlers, server_context(tls), cfg.node.acse_timeout_s)
     if tuned:
         netfast.tune_server(server)
     return server

@@ -124,6 +124,16 @@ def test_a_silent_connection_does_not_hold_up_other_peers(tls_node, pki, dcmtk):
         assert time.monotonic() - started < 10
 
 
+def test_sigterm_does_not_wait_for_a_pending_handshake(node_factory, pki):
+    node = node_factory(tls=node_tls(pki), acse_timeout_s=60)
+    with socket.create_connection(("127.0.0.1", node.port)):
+        time.sleep(0.2)  # the handshake thread is waiting for the silent peer
+        started = time.monotonic()
+        assert node.stop() == 0, node.log()[-3000:]
+        assert time.monotonic() - started < 15
+    assert 'msg="dicom-node stopped"' in node.log()
+
+
 def test_optional_client_certificate_and_the_plain_listener(node_factory, pki, dcmtk, series_factory, free_port):
     node = node_factory(tls=node_tls(pki, require_client_certificate=False), plain_port=free_port())
     assert tls_echoscu(dcmtk, pki, node.port, None).returncode == 0  # anonymous TLS is let in
