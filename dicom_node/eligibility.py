@@ -99,11 +99,17 @@ def _common(values: Sequence[object]) -> object:
 
 def classify(headers: Sequence[HeaderSummary]) -> SeriesKind:
     """Own result if any instance carries our Manufacturer and a result SOP class, CT image
-    if every instance is a CT-family image with Modality CT, else other."""
+    if any instance is a CT-family image with Modality CT, else other.
+
+    One CT image is enough: a CT series that also holds a stray object (a vendor's dose SR, a
+    secondary capture) is still a head CT that someone waits for, so it must get a status SR
+    saying why it was not analysed rather than silence. Our own results are recognised first,
+    so no status SR is ever written about one of them.
+    """
     for h in headers:
         if h.manufacturer.lower() == OWN_MANUFACTURER and h.sop_class_uid in RESULT_SOP_CLASSES:
             return SeriesKind.OWN_RESULT
-    if headers and all(h.sop_class_uid in CT_FAMILY and h.modality in (None, "CT") for h in headers):
+    if any(h.sop_class_uid in CT_FAMILY and h.modality in (None, "CT") for h in headers):
         # modality None: an unreadable file announced as CT on the association.
         return SeriesKind.CT_IMAGE
     return SeriesKind.OTHER

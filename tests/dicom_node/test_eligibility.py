@@ -98,7 +98,9 @@ ILL = [
                                        modality=None), CFG, "1 of 12 instance(s) unreadable", SeriesKind.CT_IMAGE),
     ("MR", ct_series(modality="MR", sop_class_uid=MR), CFG, "modality must be CT; got MR", SeriesKind.OTHER),
     ("mixed modality", with_slice(ct_series(), 0, modality="PT"), CFG, "modality must be CT; got CT, PT",
-     SeriesKind.OTHER),
+     SeriesKind.CT_IMAGE),  # CT images with a stray object still get a status SR
+    ("CT images and a stray SR", ct_series()[:11] + ct_series(n=1, sop_class_uid=COMP3D_SR, modality="SR"), CFG,
+     "modality must be CT; got CT, SR", SeriesKind.CT_IMAGE),
     ("CT-labelled SC", ct_series(n=3, sop_class_uid=SC), CFG, "not a CT image object", SeriesKind.OTHER),
     ("foreign SEG", ct_series(n=1, sop_class_uid=SEG, modality="SEG"), CFG, "modality must be CT", SeriesKind.OTHER),
     ("our SEG", ct_series(n=1, sop_class_uid=SEG, modality="SEG", manufacturer=OWN_MANUFACTURER), CFG,
