@@ -19,8 +19,10 @@ Where the time went (2-core machine, bench/receive.py; profiled with py-spy and 
   :mod:`dicom_node.reactor` makes them event-driven.
 * Each C-STORE-RSP command set was encoded twice by pydicom's generic writer (group length, then
   the message): more GIL time than the whole store handler. :class:`FastDIMSE` writes the six
-  elements of a Success response by hand (PS3.7 9.3.1.2, implicit VR little endian); failures,
-  other messages and debug logging still go through pynetdicom.
+  elements of a Success response by hand (PS3.7 9.3.1.2, implicit VR little endian) and sends
+  the PDU straight from the association thread instead of queueing it for the DUL thread
+  (0.3-0.6 ms less per instance: one thread hand-over and pynetdicom's state machine);
+  failures, other messages and debug logging still go through pynetdicom.
 """
 from __future__ import annotations
 
@@ -142,8 +144,14 @@ def encode_store_success(message_id: int, sop_class_uid: str, sop_instance_uid: 
     return _element(0x00000000, struct.pack("<L", len(body))) + body
 
 
+def encode_p_data(context_id: int, pdv: bytes) -> bytes:
+    """A P-DATA-TF PDU carrying one presentation data value (PS3.8 9.3.5)."""
+    return struct.pack(">BBLLB", 0x04, 0, 5 + len(pdv), 1 + len(pdv), context_id) + pdv
+
+
 class FastDIMSE(DIMSEServiceProvider):
-    """Hand-encodes C-STORE-RSP Success; everything else as pynetdicom does."""
+    """Hand-encodes C-STORE-RSP Success and sends it from the association thread itself
+    (:meth:`dicom_node.reactor.EventDUL.send_now`); everything else as pynetdicom does."""
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         if (type(primitive) is C_STORE and primitive.Status == 0x0000
@@ -154,8 +162,14 @@ class FastDIMSE(DIMSEServiceProvider):
                                            str(primitive.AffectedSOPInstanceUID))
             limit = self.maximum_pdu_size
             if not limit or len(command) + 6 <= limit:
+                pdv = b"\x03" + command  # message control header: command, last fragment
+                send_now = getattr(self.dul, "send_now", None)
+                if (send_now is not None and not self.assoc.get_handlers(evt.EVT_PDU_SENT)
+                        and not self.assoc.get_handlers(evt.EVT_DATA_SENT)
+                        and send_now(encode_p_data(context_id, pdv))):
+                    return
                 p_data = P_DATA()
-                p_data.presentation_data_value_list.append((context_id, b"\x03" + command))
+                p_data.presentation_data_value_list.append((context_id, pdv))
                 self.dul.send_pdu(p_data)
                 return
         super().send_msg(primitive, context_id)

@@ -65,6 +65,7 @@ class EventDUL(DULServiceProvider):
     def _wake_setup(self) -> None:
         """Before the threads start: the wake-up pipe's lock, and queues that wake their reader."""
         self._wake_lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._wake_fds: tuple[int, int] | None = None
         self._reactor_thread: int | None = None
         # Events come from the DUL thread itself, except a few (transport closed by another thread).
@@ -98,6 +99,24 @@ class EventDUL(DULServiceProvider):
                 time.sleep(self._run_loop_delay)
             return True
         return False
+
+    def _send(self, pdu: Any) -> None:
+        with self._send_lock:
+            super()._send(pdu)
+
+    def send_now(self, pdu: bytes) -> bool:
+        """Send an encoded P-DATA-TF PDU from the calling thread; False (nothing sent) unless
+        the association is established and nothing waits in the queue to the DUL thread.
+
+        A P-DATA request changes no state (PS3.8 9.2, DT-1: Sta6 stays Sta6), so it needs no
+        round trip through the DUL thread's state machine; the lock keeps PDUs whole.
+        """
+        with self._send_lock:
+            if (self.socket is None or self.state_machine.current_state != "Sta6"
+                    or self.to_provider_queue.qsize()):
+                return False
+            self.socket.send(pdu)
+            return True
 
     def _wake(self) -> None:
         with self._wake_lock:

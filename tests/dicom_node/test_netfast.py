@@ -18,9 +18,11 @@ from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Ex
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 
-from dicom_node.netfast import (PREALLOCATE_MAX, PYNETDICOM_VERSION, FastSocket, encode_store_success, storage_contexts,
-                                transfer_syntaxes)
+from dicom_node.netfast import (PREALLOCATE_MAX, PYNETDICOM_VERSION, FastSocket, encode_p_data, encode_store_success,
+                                storage_contexts, transfer_syntaxes)
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 REMEASURE = ("dicom_node/netfast.py and dicom_node/reactor.py patch pynetdicom {measured} internals; "
@@ -85,6 +87,13 @@ def test_store_success_matches_pynetdicom_encoding(message_id: int, sop_class: s
     message = C_STORE_RSP()
     message.primitive_to_message(rsp)
     assert encode_store_success(message_id, sop_class, sop_instance) == encode(message.command_set, True, True)
+
+
+@pytest.mark.parametrize("context_id, pdv", [(1, b"\x03" + bytes(10)), (255, b"\x02" + bytes(range(256)) * 3)])
+def test_p_data_matches_pynetdicom_encoding(context_id: int, pdv: bytes) -> None:
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((context_id, pdv))
+    assert encode_p_data(context_id, pdv) == P_DATA_TF(primitive).encode()
 
 
 def _fast_pair() -> tuple[FastSocket, socket.socket]:
