@@ -49,7 +49,7 @@ MAX_SEGMENTS = 8
 #: Segments created when the journal opens (more are created as the mover falls behind).
 INITIAL_SEGMENTS = 3
 #: Seconds an append waits for a free segment before the instance is refused (0xA700).
-SPACE_TIMEOUT_S = 30.0
+SPACE_TIMEOUT_S = 10.0
 
 _HEADER = struct.Struct("<4sIQQQdII")
 _MAGIC = b"DNJ1"

@@ -62,11 +62,17 @@ class JournalMover:
     def replay(self) -> int:
         """Move the records a previous run left in the journal; returns how many."""
         records = self.journal.recover()
-        if records:
-            self._move(records)
-            logger.warning("replayed acknowledged instances from the receive journal",
-                           extra={"count": len(records)})
-        self._recycle()
+        try:
+            if records:
+                self._move(records)
+                logger.warning("replayed acknowledged instances from the receive journal",
+                               extra={"count": len(records)})
+            self._recycle()
+        except OSError as exc:
+            # They stay in the journal; refusing to start beats accepting more on a broken disk.
+            logger.error("cannot replay the receive journal into the spool; free disk space or fix the disk "
+                         "and start again", extra={"waiting": len(records), "error": str(exc)})
+            raise
         return len(records)
 
     def start(self) -> None:

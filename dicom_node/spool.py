@@ -1,13 +1,16 @@
-"""The durable spool: every acknowledged instance is a complete, fsynced file.
+"""The durable spool: every acknowledged instance ends up as one complete file.
 
 Layout under ``node.data_dir``::
 
     tmp/<random>.part                          partial writes (removed by ``clean_tmp`` at start)
     spool/<study uid>/<series uid>/<sop uid>.dcm
+    journal/segment-NNN.bin                    receive journal (:mod:`dicom_node.journal`)
 
-A file only appears under ``spool/`` by ``os.replace`` from ``tmp/`` (same filesystem) after
-its bytes were fsynced, and the containing folder is fsynced after the rename, so a crash or
-power cut leaves either the whole file or none. No pydicom here: callers hand over bytes.
+A file only appears under ``spool/`` by ``os.replace`` from ``tmp/`` (same filesystem), so a
+reader sees the whole file or none. ``put_file`` fsyncs the file before the rename and the folder
+after it; the journal mover skips both (``sync=False``) because its instances stay in the
+journal until one flush of the file system has made its spool files durable. No pydicom here:
+callers hand over bytes.
 
 Idempotency: storing the same SOP Instance UID twice replaces the file atomically (last write
 wins, as a PACS does when an instance is resent); a reader never sees a mix of both versions.
