@@ -199,3 +199,26 @@ def test_kill9_while_four_threads_append_replays_every_acknowledged_record_once(
     for sop, path in stored.items():
         assert path.read_bytes() == sop.encode() * 2000
     assert ledger.known_paths() == {str(p) for p in stored.values()}
+
+
+@pytest.mark.slow
+def test_node_replays_what_a_crashed_run_left_in_the_journal_before_listening(node_factory, series_factory) -> None:  # type: ignore[no-untyped-def]
+    import pydicom
+
+    node = node_factory()
+    assert node.stop() == 0  # a clean stop leaves an empty journal
+    files = series_factory("journal_replay", n_slices=3)
+    journal = Journal(node.data_dir / "journal")
+    for source in files:  # what a run killed right after acknowledging these would leave
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
+        journal.append(Entry(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID, None,
+                             time.time()), [source.read_bytes()])
+    journal.release()
+    node.start()
+    assert 'msg="replayed acknowledged instances from the receive journal" count=3' in node.log()
+    ledger = node.ledger()
+    for source in files:
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
+        stored = node.spool / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        assert stored.read_bytes() == source.read_bytes()
+        assert ledger.has_instance(ds.SOPInstanceUID)
