@@ -44,6 +44,7 @@ class AnalysingNode:
         }
         for key, value in sections.items():
             config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
+        self.data_dir = Path(config["node"]["data_dir"])
         self.config = root / "config.yaml"
         self.config.write_text(yaml.safe_dump(config))
         self.env = {**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}
