@@ -35,8 +35,10 @@ logger = logging.getLogger(__name__)
 IDLE_RECYCLE_S = 1.0
 #: Seconds between retries after a failure to move (disk full, ledger locked).
 RETRY_S = 1.0
-#: Instances recorded per ledger transaction.
+#: Instances recorded per ledger transaction at most, and the batch the mover waits for...
 LEDGER_BATCH = 64
+#: ...for at most this many seconds after the first record (not while a release waits for it).
+LINGER_S = 0.01
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)
@@ -108,7 +110,7 @@ class JournalMover:
         idle_since = time.monotonic()
         while not self._stop.is_set():
             try:
-                backlog += self.journal.take(0.0 if backlog else 0.2)
+                backlog += self.journal.take(0.0 if backlog else 0.2, batch=LEDGER_BATCH, linger=LINGER_S)
                 if backlog:
                     self._move(backlog)
                     backlog = []
