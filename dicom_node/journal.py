@@ -46,8 +46,9 @@ logger = logging.getLogger(__name__)
 SEGMENT_BYTES = 32 * 1024 * 1024
 #: Segments created at most; appends wait for the mover when all are in use.
 MAX_SEGMENTS = 8
-#: Segments created when the journal opens (more are created as the mover falls behind).
-INITIAL_SEGMENTS = 3
+#: Segments created when the journal opens; the mover adds one whenever none is free, up to
+#: MAX_SEGMENTS, and segments are kept across restarts.
+INITIAL_SEGMENTS = 1
 #: Seconds an append waits for a free segment before the instance is refused (0xA700).
 SPACE_TIMEOUT_S = 10.0
 
@@ -167,11 +168,15 @@ class Journal:
             self._segments.append(Segment(path, fd, os.fstat(fd).st_size))
         self._free: deque[Segment] = deque()
         self._recovered: list[Record] = []
-        for segment in self._segments:
+        for segment in list(self._segments):
             records = read_segment(segment)
             if records:  # in use until the mover has replayed them
                 segment.write_pos, segment.unmoved = segment.size, len(records)
                 self._recovered += records
+            elif segment.size != segment_bytes:  # a crash while creating it, or another size
+                os.close(segment.fd)
+                segment.path.unlink()
+                self._segments.remove(segment)
             else:
                 self._free.append(segment)
         self._recovered.sort(key=lambda r: r.seq)
@@ -190,6 +195,7 @@ class Journal:
         self._failure: str | None = None
         self._closed = False
         self._waiting_moved = 0
+        self._creating = 0
 
     # -- start-up ------------------------------------------------------------------------------
     def recover(self) -> list[Record]:
@@ -203,10 +209,13 @@ class Journal:
 
     def _create(self) -> Segment:
         index = 0
-        while (self.folder / f"segment-{index:03d}.bin").exists():
-            index += 1
-        path = self.folder / f"segment-{index:03d}.bin"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        while True:
+            path = self.folder / f"segment-{index:03d}.bin"
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                break
+            except FileExistsError:  # in use, or being created by another thread
+                index += 1
         try:
             # Written, not fallocated: an fdatasync into unwritten extents still commits metadata.
             for start in range(0, self.segment_bytes, len(_ZEROS)):
@@ -277,7 +286,7 @@ class Journal:
             if self._free:
                 self._active = self._free.popleft()
                 continue
-            if len(self._segments) < self.max_segments:
+            if len(self._segments) + self._creating < self.max_segments:
                 self._segments.append(self._create())
                 self._active = self._segments[-1]
                 continue
@@ -357,6 +366,26 @@ class Journal:
         with self._cond:
             return [s for s in self._segments
                     if s is not self._active and s not in self._free and s.write_pos and not s.unmoved]
+
+    def add_spare(self) -> bool:
+        """Create a segment when none is free and fewer than the maximum exist; True if it did.
+
+        The mover calls this, so that appends seldom wait for a new segment's zeros.
+        """
+        with self._cond:
+            if self._free or len(self._segments) + self._creating >= self.max_segments:
+                return False
+            self._creating += 1
+        try:
+            segment = self._create()
+        finally:
+            with self._cond:
+                self._creating -= 1
+        with self._cond:
+            self._segments.append(segment)
+            self._free.append(segment)
+            self._cond.notify_all()
+        return True
 
     def seal_if_moved(self) -> None:
         """Stop appending to the active segment when all its records are moved (the node is

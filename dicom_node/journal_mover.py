@@ -117,6 +117,7 @@ class JournalMover:
                     idle_since = time.monotonic()
                 idle = time.monotonic() - idle_since >= IDLE_RECYCLE_S
                 self._recycle(idle=idle)
+                self.journal.add_spare()
                 if self._error is not None:
                     logger.info("journal mover recovered")
                     self._error = None

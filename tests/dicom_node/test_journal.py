@@ -127,6 +127,19 @@ def test_a_full_journal_refuses_after_its_timeout(tmp_path: Path) -> None:
         journal.append(entry(100), [payload(100)])
 
 
+def test_spare_segments_are_added_and_one_cut_short_at_creation_is_dropped(tmp_path: Path) -> None:
+    journal = small_journal(tmp_path, initial_segments=1)
+    assert not journal.add_spare()  # one segment free already
+    journal.append(entry(0), [payload(0)])
+    assert journal.add_spare()  # the only one is in use now
+    assert [name for name, _, _ in journal.iter_state()] == ["segment-000.bin", "segment-001.bin"]
+    journal.release()
+    (tmp_path / "segment-002.bin").write_bytes(bytes(1000))  # a crash while zero-filling it
+    reopened = small_journal(tmp_path, initial_segments=1)
+    assert not (tmp_path / "segment-002.bin").exists()
+    assert [r.entry for r in reopened.recover()] == [entry(0)]
+
+
 def test_mover_puts_records_into_spool_and_ledger_and_replay_adds_no_duplicates(tmp_path: Path) -> None:
     spool, ledger = Spool(tmp_path), Ledger(tmp_path / "ledger.sqlite3")
     journal = small_journal(tmp_path / "journal")
