@@ -54,6 +54,10 @@ def make_celery(cfg: Config, *, register: bool = True) -> Celery:
         worker_enable_remote_control=True,
         # Long model runs: do not let a broker blip cancel a job that is about to finish.
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        # A pool process loads the model (worker_process_init) before it reports up. On a busy
+        # host that takes longer than Celery's 4 s default, and Celery would kill and restart
+        # pool processes in a loop while the queued job waits.
+        worker_proc_alive_timeout=120,
     )
     if register:
         from worker.tasks import register_tasks
