@@ -20,9 +20,35 @@ from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
-from dicom_node.tls import explain_refused
-
 logger = logging.getLogger(__name__)
+
+#: Why the receiver refused a client's handshake (OpenSSL reasons), for its log.
+_REFUSED = (
+    (("PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_REQUIRED"),
+     "the client presented no certificate (node.tls.require_client_certificate)"),
+    (("CERTIFICATE_VERIFY_FAILED",), "the client's certificate is not signed by node.tls.ca_certificates, "
+                                     "or has expired"),
+    (("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER", "PACKET_LENGTH_TOO_LONG"),
+     "the client spoke plain DICOM (or another protocol) to the TLS port"),
+    (("UNSUPPORTED_PROTOCOL", "PROTOCOL_VERSION", "VERSION_TOO_LOW"),
+     "the client offered no TLS version of 1.2 or newer"),
+    (("NO_SHARED_CIPHER",), "the client offered no cipher suite in common"),
+    (("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN"),
+     "the client does not trust the node's certificate (node.tls.certificate)"),
+)
+
+
+def explain_refused(exc: BaseException, timeout: float) -> str:
+    """The receiver's reading of a client's failed handshake, for its log."""
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return f"no TLS handshake within {timeout:g} s (node.acse_timeout_s)"
+    if isinstance(exc, ssl.SSLError):
+        reason = (exc.reason or str(exc)).upper()
+        for words, text in _REFUSED:
+            if any(word in reason for word in words):
+                return text
+        return f"TLS handshake failed: {exc.reason or exc}"
+    return f"connection lost during the TLS handshake: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
 
 
 class TlsAssociationServer(ThreadedAssociationServer):

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from dicom_node import cli, tls
+from dicom_node import cli, tls, tls_server
 from dicom_node.config import load_config
 from tests.tls_pki import Pki, make_pki
 
@@ -229,7 +229,7 @@ def test_receiver_refuses_clients_without_a_site_certificate(pki, client_pair, r
     client = tls.client_context(tls.PeerTlsConfig(ca_certificates=pki.ca, certificate=pair and pair.cert,
                                                   private_key=pair and pair.key))
     server_error, _, _ = handshake(server, client)
-    assert server_error is not None and refused_because in tls.explain_refused(server_error, 30)
+    assert server_error is not None and refused_because in tls_server.explain_refused(server_error, 30)
     # What a sender is told (with TLS 1.3 the verdict arrives after the client's own handshake).
     port, thread, _ = serve_once(server)
     why = tls.probe("127.0.0.1", port, client, timeout=5)
