@@ -207,6 +207,7 @@ def test_mutual_tls_handshake_and_minimum_version(pki):
     assert server_error is None and client_error is None and version in ("TLSv1.2", "TLSv1.3")
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
 def test_tls_1_1_client_is_refused(pki):
     server = tls.server_context(tls.TlsConfig(certificate=pki.node.cert, private_key=pki.node.key,
                                               require_client_certificate=False))
