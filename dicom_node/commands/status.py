@@ -50,6 +50,9 @@ def render(doc: dict[str, Any]) -> str:
     lines += [f"receiver: {rx['instances']} instances, last at {rx['last_instance_at']}, "
               f"{rx['open_associations']} association(s) open",
               f"disk: {rx['disk_free_gb']} GB free (min {rx['min_free_disk_gb']} GB); low-disk refusal {refusal}",
+              *([f"receive journal: {rx.get('journal_unmoved') or 0} instance(s) not yet in spool/"
+                 + (f"; PROBLEM copying them: {rx['journal_error']}" if rx.get("journal_error") else "")]
+                if rx.get("journal_unmoved") or rx.get("journal_error") else []),
               f"series: {doc['series']}",
               "jobs: " + ", ".join(f"{k}={v}" for k, v in jobs.items() if v) if any(jobs.values()) else "jobs: none",
               f"deliveries: {doc['deliveries']['pending']} pending, {doc['deliveries']['dead']} dead-lettered"]

@@ -120,6 +120,20 @@ def test_status_shows_low_disk_refusal(setup, capsys):
     assert "low-disk refusal ACTIVE: refusing instances (0xA700)" in out
 
 
+def test_status_shows_the_receive_journal_only_when_it_holds_something(setup, capsys):
+    path, cfg, _ = setup
+    now = time.time()
+    state = {"pid": os.getpid(), "started_at": now - 60, "updated_at": now, "stopped_at": None}
+    write_node_state(cfg.data_dir, {**state, "receiver": {"journal_unmoved": 0, "journal_error": None}})
+    _, out = run_status(path, capsys)
+    assert "receive journal" not in out
+    write_node_state(cfg.data_dir, {**state, "receiver": {"journal_unmoved": 12,
+                                                          "journal_error": "OSError(28, 'No space left on device')"}})
+    _, out = run_status(path, capsys)
+    assert ("receive journal: 12 instance(s) not yet in spool/; PROBLEM copying them: "
+            "OSError(28, 'No space left on device')") in out
+
+
 def test_status_limit(setup, capsys):
     path, _, _ = setup
     _, out = run_status(path, capsys, "--json", "--limit", "1")
