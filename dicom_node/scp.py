@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 #: Seconds the end of an association waits for the journal mover to record its instances (so
 #: that the assembler never sees a released association whose last instances are not in the
 #: ledger yet), and an instance too large for the journal waits for older records to be moved.
-MOVER_WAIT_S = 30.0
+MOVER_WAIT_S = 10.0
 
 
 @dataclass
