@@ -45,6 +45,7 @@ bench: install system-deps
 	$(BIN)/python bench/receive.py
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/e2e.py --json bench/results/e2e.json
+	$(BIN)/python bench/batch.py --json bench/results/batch-latest.json
 
 # Real-CT figures of the shipped weights (folder layout of REALDATA described in docs/model-card.md).
 REALDATA ?= ../shared/realdata
