@@ -104,7 +104,9 @@ class ReceiverState:
 def _failure(status: int, comment: str) -> Dataset:
     rsp = Dataset()
     rsp.Status = status
-    rsp.ErrorComment = comment[:64]  # LO: 64 characters
+    # LO: 64 characters, no backslash (it separates values: a reason quoting bytes such as
+    # "invalid VR b'\\x9c'" would reach the peer as two values, the second dropped).
+    rsp.ErrorComment = comment.replace("\\", "/")[:64]
     return rsp
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+from pydicom.multival import MultiValue
 from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import Verification
 
@@ -50,7 +51,9 @@ def store(port: int, files: Sequence[Path], calling: str = "CORPUS_SCU") -> list
                     continue
                 rsp = assoc.send_c_store(path)
                 status = int(rsp.Status) if "Status" in rsp else None
-                replies.append(Reply(status, str(rsp.get("ErrorComment", ""))))
+                comment = rsp.get("ErrorComment", "")
+                # Several values (a backslash in the text) come back as a list: keep them visible.
+                replies.append(Reply(status, "\\".join(comment) if isinstance(comment, MultiValue) else str(comment)))
             return replies
         finally:
             assoc.release()

@@ -39,7 +39,7 @@ def _invalid_vr(folder: Path) -> Sample:
     path = _first(folder)
     data = bytearray(body(path))
     assert data[4:6] == b"CS"  # (0008,0005) SpecificCharacterSet comes first
-    data[4:6] = b"Q!"
+    data[4:6] = b"\x9c\x01"  # not letters: the reason quotes them with backslashes
     return _single(rewrite(path, bytes(data)))
 
 
