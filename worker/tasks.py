@@ -31,8 +31,14 @@ def broker_heartbeat(cfg: Config) -> Iterator[HeartbeatFactory]:
     alive while the key exists. The client is made in the process that runs the task (after
     any fork) and closed with it."""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
-    client = redis.Redis.from_url(cfg.queue.broker_url, socket_timeout=5, socket_connect_timeout=5)
+    # One quick retry (a pooled connection that a Redis restart closed), no backoff: a beat
+    # that fails is tried again at the next beat, and a broker that is down must not hold up
+    # the job for redis-py's default backoff of seconds per beat.
+    client = redis.Redis.from_url(cfg.queue.broker_url, socket_timeout=5, socket_connect_timeout=5,
+                                  retry=Retry(NoBackoff(), 1))
     try:
         yield lambda _folder, job_id: redis_heartbeat(client, job_id, cfg.queue.heartbeat_timeout_s)
     finally:
