@@ -21,7 +21,10 @@ sharing those 200 slices (8 senders x 25 slices). Each case runs ``--repeats`` t
 receiver, interleaved (every receiver once, then the next repeat) so that all see the same
 machine load; the median wall time (first sender started to last sender finished) gives
 images/s. Prints a markdown table and writes JSON, with the 1-minute load average before every
-run.
+run. Before each repeat a probe times what every acknowledgement of the node waits for on this
+disk at that moment: 526 kB written into a zero-filled file, then ``fdatasync`` (median of 50).
+``--diagnose-fsync`` adds the node with ``os.fsync`` and ``os.fdatasync`` made no-ops
+(diagnostic only: what the receive path costs without the disk's flush latency).
 
     .venv/bin/python bench/receive.py [--repeats 3] [--receiver tuned --receiver direct]
                                       [--json bench/results/receive.json]
@@ -119,9 +122,9 @@ class Receiver:
                         f"scp.start_receiver = functools.partial(scp.start_receiver, {option}); "
                         "from dicom_node.cli import main; sys.exit(main(sys.argv[1:]))", *argv[1:]]
             elif kind == "node-nofsync":
-                # Diagnostic only: the same node with os.fsync a no-op, to show how much of the
-                # node's time is the disk's flush latency rather than the receive path.
-                argv = [sys.executable, "-c", "import os, sys; os.fsync = lambda fd: None; "
+                # Diagnostic only: the same node with os.fsync and os.fdatasync no-ops, to show how
+                # much of the node's time is the disk's flush latency rather than the receive path.
+                argv = [sys.executable, "-c", "import os, sys; os.fsync = os.fdatasync = lambda fd: None; "
                         "from dicom_node.cli import main; sys.exit(main(sys.argv[1:]))", *argv[1:]]
             self.out = self.root / "var" / "spool"
         else:
@@ -144,6 +147,26 @@ class Receiver:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(30)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def flush_probe(work: Path, size: int = 526 * 1024, count: int = 50) -> float:
+    """Median ms of one journal append on this disk right now: ``size`` bytes written into a
+    zero-filled file, then ``fdatasync``. Every acknowledgement of the node waits for one."""
+    path = work / "flush-probe.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, bytes(size * count))
+        os.fsync(fd)
+        data, took = os.urandom(size), []
+        for i in range(count):
+            started = time.perf_counter()
+            os.pwrite(fd, data, i * size)
+            os.fdatasync(fd)
+            took.append((time.perf_counter() - started) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return round(statistics.median(took), 2)
 
 
 def run_case(receiver: Receiver, folders: list[Path], expected: int) -> float:
@@ -173,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="series cache and receiver folders (same disk as a real data_dir)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "receive.json")
     parser.add_argument("--diagnose-fsync", action="store_true",
-                        help="also run the node with os.fsync disabled (diagnostic column, never a setting)")
+                        help="also run the node with os.fsync and os.fdatasync disabled (diagnostic column, "
+                             "never a setting)")
     args = parser.parse_args(argv)
     receivers = list(dict.fromkeys(args.receiver or ["tuned"]))
     args.work.mkdir(parents=True, exist_ok=True)
@@ -182,10 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     nodes = ["node" if r == "tuned" else f"node-{r}" for r in receivers]
     kinds = nodes + ["dcmtk"] + (["node-nofsync"] if args.diagnose_fsync else [])
     label = {"node": "node (journal)", "node-stock": "node (stock pynetdicom)", "dcmtk": "dcmtk storescp",
-             "node-direct": "node (direct spool writes)", "node-nofsync": "node, fsync disabled (diagnostic)"}
+             "node-direct": "node (direct spool writes)", "node-nofsync": "node, flushes disabled (diagnostic)"}
     times: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
     loads: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
+    flush_ms: list[float] = []
     for repeat in range(args.repeats):
+        flush_ms.append(flush_probe(args.work))
+        print(f"run {repeat + 1}: disk flush probe (526 kB + fdatasync) median {flush_ms[-1]} ms", file=sys.stderr)
         for name, key, senders, count in CASES:
             folders = sorted(dirs[key].iterdir()) if senders > 1 else [dirs[key]]
             for kind in kinds:
@@ -235,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label[kind]}: one association {targets[kind.replace('-', '_')]['single_over_dcmtk']:.2f}x dcmtk "
               f"(target >= 0.5); 8 associations together "
               f"{targets[kind.replace('-', '_')]['concurrent_over_single']:.2f}x its one association (target >= 1)")
+    print(f"disk flush probe, median ms per run: {flush_ms}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "benchmark": "receive", "sender": "dcmtk storescu, TCP_NODELAY=1", "repeats": args.repeats,
@@ -245,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         "dcmtk": "storescp --fork, TCP_NODELAY=1, no fsync", "machine": platform.node(),
         "processor": _cpu_model(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
+        "flush_probe_ms_per_run": flush_ms,
         "results": results, "targets": targets}, indent=2) + "\n")
     return 0
 
