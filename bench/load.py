@@ -7,13 +7,15 @@ broker and one ``dicom-node worker --pool solo``; the shipped model on the CPU. 
 VmRSS sampled every 0.1 s; worker memory its VmHWM (peak) after the job.
 
 Usage: ``python bench/load.py [--associations 20] [--slices 40] [--size 512] [--rounds 2]
-[--thin 150,300,600] [--thin-size 512] [--json bench/results/load.json]``.
+[--thin 150,300,600] [--thin-size 512] [--json bench/results/load.json]``; ``--rounds 0`` or
+``--thin ""`` leaves a part out. Logs stay in the folder printed at the start.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import asdict
@@ -35,16 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--thin-size", type=int, default=512)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
-        root = Path(tmp)
-        stack = LoadStack(root / "stack")
-        try:
-            rounds = [stack.concurrent_round(root / f"round{k}", args.associations, args.slices, args.size,
-                                             timeout=3600) for k in range(args.rounds)]
-            longs = [stack.long_series(root / f"thin{n}", n, args.thin_size, 0.625, timeout=3600)
-                     for n in (int(v) for v in args.thin.split(","))]
-        finally:
-            stack.close()
+    root = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    print(f"working folder (logs, ledger): {root}", flush=True)
+    stack = LoadStack(root / "stack")
+    rounds, longs = [], []
+    try:
+        for k in range(args.rounds):
+            rounds.append(stack.concurrent_round(root / f"round{k}", args.associations, args.slices, args.size,
+                                                 timeout=3600))
+            print(rounds[-1], flush=True)
+        for n in (int(v) for v in args.thin.split(",") if v):
+            longs.append(stack.long_series(root / f"thin{n}", n, args.thin_size, 0.625, timeout=3600))
+            print(longs[-1], flush=True)
+            shutil.rmtree(root / f"thin{n}")
+    finally:
+        stack.close()
     print(f"concurrent: {args.associations} associations x {args.slices} slices of {args.size}x{args.size}")
     print("round  failed  receive_s  analysed_s  node_rss_before_MiB  after_MiB  peak_MiB")
     for k, r in enumerate(rounds):

@@ -153,7 +153,7 @@ class LoadStack:
         sampler.start()
         started = time.monotonic()
         with ThreadPoolExecutor(associations) as pool:
-            replies = list(pool.map(lambda paths: store(self.port, paths, calling="LOAD_SCU"), series))
+            replies = list(pool.map(lambda paths: store(self.port, paths, calling="LOAD_SCU", timeout_s=120), series))
         received = time.monotonic()
         wait_for(lambda: self.done(uids), timeout, f"{associations} series analysed")
         analysed = time.monotonic()
@@ -168,8 +168,9 @@ class LoadStack:
         paths = make_test_series(folder, n_slices=slices, rows=size, cols=size,
                                  spacing_mm=(spacing_mm, 240.0 / size, 240.0 / size))
         uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
-        [reply] = {r.status for r in store(self.port, paths, calling="LOAD_SCU")}
-        assert reply == 0, "a store failed"
+        replies = store(self.port, paths, calling="LOAD_SCU", timeout_s=120)
+        failed = [r for r in replies if r.status != 0]
+        assert not failed, f"{len(failed)} of {slices} stores failed, first: {failed[0]}\n{self.log('node')[-3000:]}"
         wait_for(lambda: self.done({uid}), timeout, f"the {slices}-slice series analysed")
         job = next(j for j in self.ledger.jobs() if j.series_uid == uid)
         timings = job.result["timings"]

@@ -22,7 +22,7 @@ class Reply:
     comment: str = ""
 
 
-def store(port: int, files: Sequence[Path], calling: str = "CORPUS_SCU") -> list[Reply]:
+def store(port: int, files: Sequence[Path], calling: str = "CORPUS_SCU", timeout_s: float = 30) -> list[Reply]:
     """Send ``files`` over one association, each data set's bytes as stored (never re-encoded):
     the request carries the file meta's SOP Class and Instance UIDs, so a file whose data set
     disagrees with its meta is sent as the mismatch it is. One context per (class, syntax)."""
@@ -38,7 +38,7 @@ def store(port: int, files: Sequence[Path], calling: str = "CORPUS_SCU") -> list
                 contexts.append(build_context(key[0], [key[1]]))
         contexts.append(build_context(Verification))  # the association stands even if all else is rejected
         ae = AE(ae_title=calling)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
         assoc = ae.associate("127.0.0.1", port, contexts=contexts, ae_title="DURAL_AI")
         assert assoc.is_established, "the node refused the association"
         try:
@@ -46,6 +46,9 @@ def store(port: int, files: Sequence[Path], calling: str = "CORPUS_SCU") -> list
             replies = []
             for path in files:
                 meta = pydicom.filereader.read_file_meta_info(path)
+                if not assoc.is_established:
+                    replies.append(Reply(None, "association ended"))
+                    continue
                 if (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)) not in accepted:
                     replies.append(Reply(None, REJECTED))
                     continue
