@@ -38,7 +38,7 @@ import zlib
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -153,11 +153,16 @@ class Journal:
         Created when missing; existing segments are reused (read them with :meth:`recover`).
     segment_bytes, max_segments, initial_segments:
         Size of each segment file, the most segments to create, and how many to create at once.
+    may_grow:
+        Asked before a segment beyond the first is created, with its size: False leaves the disk
+        space to the spool (the receiver passes its ``node.min_free_disk_gb`` check).
     """
 
     def __init__(self, folder: str | os.PathLike[str], segment_bytes: int = SEGMENT_BYTES,
-                 max_segments: int = MAX_SEGMENTS, initial_segments: int = INITIAL_SEGMENTS) -> None:
+                 max_segments: int = MAX_SEGMENTS, initial_segments: int = INITIAL_SEGMENTS,
+                 may_grow: Callable[[int], bool] = lambda nbytes: True) -> None:
         self.folder = Path(folder)
+        self.may_grow = may_grow
         self.segment_bytes = segment_bytes
         self.max_segments = max(max_segments, 2)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -180,7 +185,7 @@ class Journal:
             else:
                 self._free.append(segment)
         self._recovered.sort(key=lambda r: r.seq)
-        while len(self._segments) < min(initial_segments, self.max_segments):
+        while len(self._segments) < min(initial_segments, self.max_segments) and may_grow(segment_bytes):
             self._segments.append(self._create())
             self._free.append(self._segments[-1])
         self._active: Segment | None = None
@@ -196,6 +201,7 @@ class Journal:
         self._closed = False
         self._waiting_moved = 0
         self._creating = 0
+        self._unmoved_bytes = sum(r.length for r in self._recovered)
 
     # -- start-up ------------------------------------------------------------------------------
     def recover(self) -> list[Record]:
@@ -234,8 +240,9 @@ class Journal:
 
     # -- appending -----------------------------------------------------------------------------
     def fits(self, nbytes: int) -> bool:
-        """Whether a payload of ``nbytes`` fits in one segment with its header."""
-        return _HEADER.size + _MAX_NAMES + nbytes <= self.segment_bytes
+        """Whether a payload of ``nbytes`` fits in one segment with its header (never while the
+        journal has no segment: a first start on a nearly full disk)."""
+        return bool(self._segments) and _HEADER.size + _MAX_NAMES + nbytes <= self.segment_bytes
 
     def append(self, entry: Entry, parts: Sequence[bytes | bytearray | memoryview],
                timeout: float = SPACE_TIMEOUT_S) -> Record:
@@ -266,6 +273,7 @@ class Journal:
             self._next_seq += 1
             segment.write_pos += size
             segment.unmoved += 1
+            self._unmoved_bytes += length
             segment.dirty = True
             record = Record(seq, entry, segment, offset + _HEADER.size + len(names), length)
             self._pending.append(record)
@@ -286,7 +294,7 @@ class Journal:
             if self._free:
                 self._active = self._free.popleft()
                 continue
-            if len(self._segments) + self._creating < self.max_segments:
+            if len(self._segments) + self._creating < self.max_segments and self.may_grow(self.segment_bytes):
                 self._segments.append(self._create())
                 self._active = self._segments[-1]
                 continue
@@ -358,6 +366,7 @@ class Journal:
         with self._cond:
             for record in records:
                 record.segment.unmoved -= 1
+                self._unmoved_bytes -= record.length
                 self._moved_seq = max(self._moved_seq, record.seq)
             self._cond.notify_all()
 
@@ -376,6 +385,10 @@ class Journal:
             if self._free or len(self._segments) + self._creating >= self.max_segments:
                 return False
             self._creating += 1
+        if not self.may_grow(self.segment_bytes):
+            with self._cond:
+                self._creating -= 1
+            return False
         try:
             segment = self._create()
         finally:
@@ -405,6 +418,10 @@ class Journal:
             if segment not in self._free:
                 self._free.append(segment)
             self._cond.notify_all()
+
+    def unmoved_bytes(self) -> int:
+        """Bytes of acknowledged instances not yet in the spool: disk space they will still take."""
+        return self._unmoved_bytes
 
     def idle(self) -> bool:
         """Nothing written that the mover has not taken."""

@@ -117,7 +117,7 @@ class JournalMover:
                     idle_since = time.monotonic()
                 idle = time.monotonic() - idle_since >= IDLE_RECYCLE_S
                 self._recycle(idle=idle)
-                self.journal.add_spare()
+                self._add_spare()
                 if self._error is not None:
                     logger.info("journal mover recovered")
                     self._error = None
@@ -127,6 +127,12 @@ class JournalMover:
                                      extra={"waiting": len(backlog)})
                 self._error = repr(exc)
                 self._stop.wait(RETRY_S)
+
+    def _add_spare(self) -> None:
+        try:
+            self.journal.add_spare()
+        except OSError as exc:  # the journal still works with the segments it has
+            logger.warning("cannot create a spare receive journal segment", extra={"error": str(exc)})
 
     def _move(self, records: Sequence[Record]) -> None:
         """Spool file, then ledger row, for each record; safe to repeat after a failure."""

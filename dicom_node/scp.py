@@ -15,6 +15,7 @@ pynetdicom's receive path is tuned in :mod:`dicom_node.netfast` (why: see there)
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 import uuid
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 #: that the assembler never sees a released association whose last instances are not in the
 #: ledger yet), and an instance too large for the journal waits for older records to be moved.
 MOVER_WAIT_S = 10.0
+#: Bytes left free beyond ``node.min_free_disk_gb`` when the journal grows by a segment.
+JOURNAL_DISK_MARGIN = 64 * 1024 * 1024
 
 
 @dataclass
@@ -134,7 +137,10 @@ def handle_store(event: Event, spool: Spool, ledger: Ledger, state: ReceiverStat
     sop_uid = str(request.AffectedSOPInstanceUID or "").rstrip("\x00 ")
     assoc_id = state.assoc_ids.get(event.assoc)
     try:
-        if not state.disk_checked(spool.free_gb()):
+        free_gb = spool.free_gb()
+        if state.journal is not None:  # journalled instances still to be copied into the spool
+            free_gb -= state.journal.unmoved_bytes() / 1e9
+        if not state.disk_checked(free_gb):
             state.count("refused_low_disk")
             observed.instance_refused("low_disk", assoc_id, sop_uid, STATUS_OUT_OF_RESOURCES)
             return _failure(STATUS_OUT_OF_RESOURCES, "receiver disk nearly full; retry later")
@@ -385,7 +391,12 @@ def start_receiver(cfg: Config, ledger: Ledger, spool: Spool | None = None,
     ledger.close_all_associations()
     mover = None
     if journalled:
-        mover = JournalMover(Journal(cfg.data_dir / JOURNAL_DIR), spool, ledger)
+        reserve = cfg.node.min_free_disk_gb * 1e9 + JOURNAL_DISK_MARGIN
+
+        def may_grow(nbytes: int) -> bool:  # a new segment never takes the spool's last space
+            return shutil.disk_usage(spool.data_dir).free - nbytes >= reserve
+
+        mover = JournalMover(Journal(cfg.data_dir / JOURNAL_DIR, may_grow=may_grow), spool, ledger)
         mover.replay()
     rescan(spool, ledger)
     state = ReceiverState(cfg.node.min_free_disk_gb, on_release=on_release,

@@ -145,8 +145,11 @@ def test_mover_puts_records_into_spool_and_ledger_and_replay_adds_no_duplicates(
     journal = small_journal(tmp_path / "journal")
     for n in range(6):
         journal.append(entry(n), [b"meta-", payload(n)])
+    # The receiver's low-disk check counts what the spool still has to take.
+    assert journal.unmoved_bytes() == sum(len(b"meta-" + payload(n)) for n in range(6))
     mover = JournalMover(journal, spool, ledger)
     mover._move(journal.take(0))  # moved, not yet recycled: a crash now replays them again
+    assert journal.unmoved_bytes() == 0
     journal.release()
     assert JournalMover(small_journal(tmp_path / "journal"), spool, ledger).replay() == 6
     files = sorted(spool.iter_files())
@@ -235,3 +238,18 @@ def test_node_replays_what_a_crashed_run_left_in_the_journal_before_listening(no
         stored = node.spool / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
         assert stored.read_bytes() == source.read_bytes()
         assert ledger.has_instance(ds.SOPInstanceUID)
+
+
+def test_the_journal_grows_only_while_the_disk_may_give_the_space(tmp_path: Path) -> None:
+    room = {"segments": 0}
+    journal = Journal(tmp_path, segment_bytes=SEGMENT, max_segments=4, initial_segments=1,
+                      may_grow=lambda nbytes: room["segments"] * SEGMENT >= nbytes)
+    assert not journal.fits(10)  # no room for even one segment: the receiver writes directly
+    room["segments"] = 1
+    assert journal.add_spare() and journal.fits(10)
+    room["segments"] = 0
+    for n in range(20):  # fills the only segment
+        journal.append(entry(n), [payload(n)])
+    with pytest.raises(JournalUnavailable, match="journal full"):
+        journal.append(entry(20), [payload(20)], timeout=0.1)
+    assert not journal.add_spare() and len(list(journal.iter_state())) == 1
