@@ -1,5 +1,6 @@
 """What the console does rather than shows, shared by the pages and the API: retrying dead
-deliveries and drawing a key image. Each action goes into the audit trail with the token name."""
+deliveries, re-analysing a failed job and drawing a key image. Each action goes into the audit
+trail with the token name."""
 from __future__ import annotations
 
 from fastapi import HTTPException
@@ -7,8 +8,9 @@ from fastapi.responses import Response
 
 from dicom_node.console.context import Console
 from dicom_node.console.keyimage import KeyImageError, render_key_image
-from dicom_node.ledger import Job
+from dicom_node.ledger import Job, ReanalysisRefused
 from dicom_node.observability import audit
+from dicom_node.reanalysis import reanalyse as reanalyse_job
 
 
 def job_or_404(console: Console, job_id: int) -> Job:
@@ -27,6 +29,18 @@ def retry(console: Console, job_id: int, user: str, delivery_id: int | None = No
     count = console.ledger.retry_dead(job_id, console.clock(), delivery_id=delivery_id)
     audit.record("delivery_retry", token_name=user, job=job_id, delivery=delivery_id, requeued=count)
     return count
+
+
+def reanalyse(console: Console, job_id: int, user: str) -> Job:
+    """Run a failed job's analysis again as ``dicom-node retry --reanalyse`` does; 409 saying
+    why when the job cannot be re-run (not failed, or its files purged)."""
+    job_or_404(console, job_id)
+    try:
+        job = reanalyse_job(console.ledger, console.cfg.data_dir, job_id, user, console.clock())
+    except ReanalysisRefused as exc:
+        raise HTTPException(409, str(exc)) from None
+    audit.record("job_reanalyse", token_name=user, job=job_id)
+    return job
 
 
 def key_image(console: Console, job_id: int, overlay: bool) -> Response:

@@ -62,6 +62,12 @@ def retry(request: Request, job_id: int, delivery: int | None = None) -> dict[st
     return {"job": job_id, "delivery": delivery, "requeued": count}
 
 
+@router.post("/jobs/{job_id}/reanalyse", summary="Run a failed job's analysis again (409 when it cannot be)")
+def reanalyse(request: Request, job_id: int) -> dict[str, Any]:
+    job = actions.reanalyse(request.app.state.console, job_id, request.state.user)
+    return {"job": job_id, "state": job.state.value}
+
+
 @router.get("/problems", summary="Failed and not-analysed series, dead-lettered deliveries, with reasons")
 def problems(request: Request, limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
     return request.app.state.console.views.problems(limit)

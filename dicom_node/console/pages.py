@@ -47,12 +47,13 @@ def worklist(request: Request, date: str = "", days: int = 7, state: str = "", c
 
 
 @router.get("/studies/{study_uid}", response_class=HTMLResponse)
-def study(request: Request, study_uid: str, retried: int | None = None) -> HTMLResponse:
+def study(request: Request, study_uid: str, retried: int | None = None,
+          reanalysed: int | None = None) -> HTMLResponse:
     doc = request.app.state.console.views.study(study_uid)
     if doc is None:
         return _page(request, "missing.html", status_code=404, what="study")
     audit.record("study_viewed", token_name=request.state.user, api=False, study_uid=study_uid)
-    return _page(request, "study.html", study=doc, retried=retried)
+    return _page(request, "study.html", study=doc, retried=retried, reanalysed=reanalysed)
 
 
 @router.get("/jobs/{job_id}")
@@ -72,6 +73,12 @@ def retry(request: Request, job_id: int, delivery: str = Form("")) -> RedirectRe
     count = actions.retry(console, job_id, request.state.user, int(delivery) if delivery.isdigit() else None)
     study_uid = console.ledger.job(job_id).study_uid
     return RedirectResponse(f"/studies/{quote(study_uid)}?retried={count}#job-{job_id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/reanalyse")
+def reanalyse(request: Request, job_id: int) -> RedirectResponse:
+    job = actions.reanalyse(request.app.state.console, job_id, request.state.user)
+    return RedirectResponse(f"/studies/{quote(job.study_uid)}?reanalysed={job_id}#job-{job_id}", status_code=303)
 
 
 @router.get("/problems", response_class=HTMLResponse)

@@ -28,7 +28,8 @@ from dicom_node.ledger.jobs import Jobs
 from dicom_node.ledger.purging import Purging
 from dicom_node.ledger.receiving import Receiving
 from dicom_node.ledger.records import (
-    OPEN_STATES, OUTCOME_STATES, Assessment, Delivery, DeliveryState, FailStage, Job, JobState, TransitionError,
+    OPEN_STATES, OUTCOME_STATES, Assessment, Delivery, DeliveryState, FailStage, Job, JobState, ReanalysisRefused,
+    TransitionError,
 )
 from dicom_node.ledger.reporting import Reporting
 from dicom_node.ledger.reprocessing import Reprocessing
@@ -36,7 +37,7 @@ from dicom_node.ledger.schema import SCHEMA_VERSION, SchemaError
 
 __all__ = [
     "OPEN_STATES", "OUTCOME_STATES", "SCHEMA_VERSION", "Assessment", "Delivery", "DeliveryState", "FailStage",
-    "Job", "JobState", "Ledger", "SchemaError", "TokenInfo", "TransitionError",
+    "Job", "JobState", "Ledger", "ReanalysisRefused", "SchemaError", "TokenInfo", "TransitionError",
 ]
 
 

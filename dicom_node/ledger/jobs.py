@@ -1,16 +1,19 @@
 """The job state machine: the only code that changes a job's state, and what a job produced.
 
-Transitions only move forward; the one deliberate exception is :meth:`Jobs.requeue`, used when
-a task was lost (worker killed, broker emptied), which counts submissions.
+Transitions only move forward; the deliberate exceptions are :meth:`Jobs.requeue`, used when
+a task was lost (worker killed, broker emptied), which counts submissions, and
+:meth:`Jobs.reanalyse`, an operator's request to run a failed analysis again.
 """
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from dicom_node.ledger.records import OUTCOME_STATES, RANK, Assessment, FailStage, Job, JobState, TransitionError
+from dicom_node.ledger.records import (
+    OUTCOME_STATES, RANK, Assessment, FailStage, Job, JobState, ReanalysisRefused, TransitionError,
+)
 from dicom_node.ledger.store import Store, no_open_association
 
 
@@ -131,6 +134,49 @@ class Jobs(Store):
             db.execute("UPDATE jobs SET state=?, updated_at=? WHERE id=? AND state IN (?,?)",
                        (JobState.COMPLETE.value, now, job_id, JobState.QUEUED.value, JobState.RUNNING.value))
             self._event(db, job_id, JobState.COMPLETE, now, f"requeued: {why}")
+
+    def reanalyse(self, job_id: int, requested_by: str, now: float | None = None, *,
+                  clear_files: Callable[[], None] | None = None) -> Job:
+        """Put a failed job back to ``complete`` so the scheduler submits its analysis again.
+
+        Everything the failure produced is cleared so the re-run is recorded and delivered like a
+        first run: outcome, reason, stage, files, the status-report bookkeeping, the submission
+        count, triage, and the job's deliveries and notifications (one per job and destination,
+        so a status SR already sent would otherwise block the new result's delivery). The event
+        says who asked and how many earlier deliveries were cleared.
+
+        ``clear_files`` runs once the job is found eligible, while the ledger is still locked and the
+        job still reads as failed, to remove what the failed run left in its folder; if it raises,
+        nothing changes.
+
+        Raises ``KeyError`` for an unknown job and ``ReanalysisRefused`` when the job's outcome is
+        not ``failed``, it was superseded, or retention purged its files.
+        """
+        now = now or time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"job {job_id} is not in the ledger")
+            job = Job.from_row(row)
+            if job.purged_at is not None:
+                raise ReanalysisRefused(f"job {job_id}: its files were purged by retention; the series must be "
+                                        "sent to the node again")
+            if not job.reanalysable:
+                raise ReanalysisRefused(f"job {job_id} is {job.state.value}"
+                                        f"{f' (outcome {job.outcome})' if job.outcome else ''}; "
+                                        "only a failed job can be re-analysed")
+            if clear_files is not None:
+                clear_files()
+            cleared = db.execute("DELETE FROM deliveries WHERE job_id=?", (job_id,)).rowcount
+            db.execute("UPDATE jobs SET state=?, outcome=NULL, reason=NULL, fail_stage=NULL, submissions=0, "
+                       "task_id=NULL, files_json=NULL, worker_outcome_json=NULL, report_error=NULL, "
+                       "report_attempts=0, report_task_id=NULL, triage=NULL, updated_at=? WHERE id=?",
+                       (JobState.COMPLETE.value, now, job_id))
+            detail = f"re-analysis requested by {requested_by}"
+            if cleared:
+                detail += f"; {cleared} earlier deliver{'y' if cleared == 1 else 'ies'} of the failure cleared"
+            self._event(db, job_id, JobState.COMPLETE, now, detail)
+            return Job.from_row(db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
 
     def set_triage(self, job_id: int, category: str) -> None:
         """Record the triage category of the job's result (``dicom_node.triage``)."""

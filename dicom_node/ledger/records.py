@@ -50,6 +50,11 @@ class TransitionError(RuntimeError):
     """A state change that would move a job backwards or out of a terminal state."""
 
 
+class ReanalysisRefused(RuntimeError):
+    """A job that cannot be re-analysed (not failed, superseded, or its files purged); the
+    message says why."""
+
+
 @dataclass(frozen=True)
 class Assessment:
     """What the assembler found a complete series to be (see ``dicom_node.eligibility``).
@@ -131,6 +136,13 @@ class Job:
         data["files"] = _json(data.pop("files_json"))
         data["worker_outcome"] = _json(data.pop("worker_outcome_json"))
         return cls(**data)
+
+    @property
+    def reanalysable(self) -> bool:
+        """Whether its analysis may be run again (``Ledger.reanalyse``): it failed (its status
+        report delivered or not), nothing superseded it and retention kept its files."""
+        return (self.outcome == JobState.FAILED.value and self.state in (JobState.FAILED, JobState.DELIVERED)
+                and self.superseded_by is None and self.purged_at is None)
 
     @property
     def result(self) -> dict[str, Any] | None:
