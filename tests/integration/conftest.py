@@ -228,6 +228,22 @@ class Stack:
             logs = "\n".join(f"--- {p.log_path.name}\n{p.log(2500)}" for p in [self.node, *self.workers] if p)
             raise AssertionError(f"job: {job}\nevents: {self.ledger.events(job.id) if job else None}\n{logs}")
 
+    def deliver_with_worker(self, make_ct: Callable[..., tuple[list[Path], dict[str, str]]],
+                            kind: str = "sdh") -> tuple[Job, list[Path], dict[str, str]]:
+        """Upload a phantom of ``kind`` to Orthanc with a worker running; its delivered job."""
+        worker = self.start_worker()
+        try:
+            files, uids = make_ct(kind)
+            self.orthanc.upload(files)
+            job = self.wait_state(uids["series"], {"delivered"}, timeout=180)
+        finally:
+            worker.stop()
+        return job, files, uids
+
+    @property
+    def console_url(self) -> str:
+        return f"http://127.0.0.1:{yaml.safe_load(self.config_path.read_text())['http']['port']}"
+
     def assert_delivered_once(self, job: Job, study_uid: str, n_ct: int) -> None:
         """Every result file of ``job`` is in Orthanc exactly once, and the CT is whole."""
         files = (job.result or {}).get("files", [])

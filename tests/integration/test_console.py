@@ -16,7 +16,6 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-import yaml
 from PIL import Image
 
 from dicom_node.console.auth import create_token
@@ -33,15 +32,9 @@ def _png(response: requests.Response) -> np.ndarray:
 
 
 def test_console_shows_an_analysed_bleed(stack, make_ct, tmp_path):
-    worker = stack.start_worker()
-    try:
-        files, uids = make_ct("sdh")
-        stack.orthanc.upload(files)
-        job = stack.wait_state(uids["series"], {"delivered"}, timeout=180)
-    finally:
-        worker.stop()
+    job, files, uids = stack.deliver_with_worker(make_ct)
     accession = str(pydicom.dcmread(files[0], stop_before_pixels=True).AccessionNumber)
-    base = f"http://127.0.0.1:{yaml.safe_load(stack.config_path.read_text())['http']['port']}"
+    base = stack.console_url
     token = create_token(stack.ledger, "radiologist")
     headers = {"Authorization": f"Bearer {token}"}
 

@@ -13,7 +13,6 @@ import time
 import pydicom
 import pytest
 import requests
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicom_node.observability.ledger_metrics import STAGES
@@ -37,15 +36,9 @@ def get(samples: dict, name: str, **labels: str) -> float:
 
 
 def test_a_study_through_the_stack_shows_in_metrics_and_the_audit_trail(stack, make_ct):
-    base = f"http://127.0.0.1:{yaml.safe_load(stack.config_path.read_text())['http']['port']}"
+    base = stack.console_url
     before = scrape(base)
-    worker = stack.start_worker()
-    try:
-        files, uids = make_ct("sdh")
-        stack.orthanc.upload(files)
-        job = stack.wait_state(uids["series"], {"delivered"}, timeout=180)
-    finally:
-        worker.stop()
+    job, files, uids = stack.deliver_with_worker(make_ct)
 
     after = scrape(base)
     grew = lambda name, **labels: get(after, name, **labels) - get(before, name, **labels)  # noqa: E731

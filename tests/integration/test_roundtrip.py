@@ -29,13 +29,7 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 
 def test_ct_in_orthanc_results_back_in_the_same_study(stack, make_ct):
-    worker = stack.start_worker()
-    try:
-        files, uids = make_ct("sdh")
-        stack.orthanc.upload(files)
-        job = stack.wait_state(uids["series"], {"delivered"}, timeout=180)
-    finally:
-        worker.stop()
+    job, files, uids = stack.deliver_with_worker(make_ct)
     result = job.result
     assert result["state"] == "done" and job.submissions == 1
     kinds = {f["type"] for f in result["files"]}
