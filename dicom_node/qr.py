@@ -26,6 +26,7 @@ from pynetdicom.sop_class import (
 )
 
 from dicom_node.contract import CT_FAMILY
+from dicom_node.requestor import guard
 from dicom_node.scu import DeliveryError, Peer, _associate, _why_not_established
 from dicom_node.tls import tls_args
 
@@ -204,6 +205,7 @@ def get_series(src: Peer, calling_ae: str, study_uid: str, series_uid: str, on_s
         why = ("rejected the association (called AE title wrong, our calling AE not allowed there, or too busy)"
                if assoc.is_rejected else _why_not_established(ae, src, tls_args(src)))
         raise DeliveryError(f"{src.ae_title}@{src.host}:{src.port} (C-GET) {why}")
+    guard(assoc)
     try:
         if on_open is not None:
             on_open(assoc)

@@ -33,6 +33,7 @@ from pynetdicom.sop_class import Verification
 
 from dicom_node.config import ConfigError, Destination
 from dicom_node.logs import short_uid
+from dicom_node.requestor import guard
 from dicom_node.tls import probe, tls_args
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def _associate(ae: AE, dest: Peer, contexts: list[PresentationContext]):  # -> A
     tls = tls_args(dest)
     assoc = ae.associate(dest.host, int(dest.port), contexts=contexts, ae_title=dest.ae_title, tls_args=tls)
     if assoc.is_established:
-        return assoc
+        return guard(assoc)
     if assoc.is_rejected:
         raise DeliveryError(f"{_where(dest)} rejected the association "
                             "(called AE title wrong, our calling AE not allowed there, or too busy)")

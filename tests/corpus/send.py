@@ -11,6 +11,8 @@ from pydicom.multival import MultiValue
 from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import Verification
 
+from dicom_node.requestor import guard
+
 #: What a C-STORE got: its status and ErrorComment, or ``status=None`` with ``comment`` saying
 #: why nothing was sent (its presentation context was rejected).
 REJECTED = "presentation context rejected"
@@ -41,6 +43,7 @@ def store(port: int, files: Sequence[Path], calling: str = "CORPUS_SCU", timeout
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
         assoc = ae.associate("127.0.0.1", port, contexts=contexts, ae_title="DURAL_AI")
         assert assoc.is_established, "the node refused the association"
+        guard(assoc)
         try:
             accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
             replies = []
