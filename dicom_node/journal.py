@@ -419,6 +419,13 @@ class Journal:
                 self._free.append(segment)
             self._cond.notify_all()
 
+    def free_segments(self) -> int:
+        """Segments ready for appending, plus those that may still be created (none while the
+        disk has no room for another, see ``may_grow``)."""
+        with self._cond:
+            free, creatable = len(self._free), self.max_segments - len(self._segments) - self._creating
+        return free + (creatable if creatable > 0 and self.may_grow(self.segment_bytes) else 0)
+
     def unmoved_bytes(self) -> int:
         """Bytes of acknowledged instances not yet in the spool: disk space they will still take."""
         return self._unmoved_bytes

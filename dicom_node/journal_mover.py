@@ -7,6 +7,11 @@ in bulk: before a segment is recycled, one ``syncfs`` flushes the spool's file s
 every file and folder written where ``syncfs`` is missing), so a power cut never loses an instance
 that is neither flushed in the spool nor still in the journal.
 
+Recycling waits for a quiet moment (:data:`IDLE_RECYCLE_S` without new records) unless fewer
+than :data:`MIN_FREE_SEGMENTS` segments are free. During a burst the ``syncfs`` would write back
+every spool file moved so far while the receivers wait for their own flushes behind it: the
+journal holds the burst instead, and the spool files are written to disk once, afterwards.
+
 At start, :meth:`JournalMover.replay` moves what a crashed run left in the journal before the
 receiver listens again. Replaying a record that was already moved rewrites the same bytes and
 finds the ledger row present; segments are recycled as soon as the node is idle, so only records
@@ -33,6 +38,8 @@ logger = logging.getLogger(__name__)
 #: Seconds without new records after which a partly used segment whose records are all moved is
 #: recycled, so that moved records do not wait in the journal for the segment to fill.
 IDLE_RECYCLE_S = 1.0
+#: Free segments below which used ones are recycled at once, even while records keep arriving.
+MIN_FREE_SEGMENTS = 2
 #: Seconds between retries after a failure to move (disk full, ledger locked).
 RETRY_S = 1.0
 #: Instances recorded per ledger transaction at most, and the batch the mover waits for...
@@ -69,7 +76,7 @@ class JournalMover:
                 self._move(records)
                 logger.warning("replayed acknowledged instances from the receive journal",
                                extra={"count": len(records)})
-            self._recycle()
+            self._recycle(idle=True)
         except OSError as exc:
             # They stay in the journal; refusing to start beats accepting more on a broken disk.
             logger.error("cannot replay the receive journal into the spool; free disk space or fix the disk "
@@ -153,6 +160,8 @@ class JournalMover:
     def _recycle(self, idle: bool = False) -> None:
         if idle:
             self.journal.seal_if_moved()
+        elif self.journal.free_segments() >= MIN_FREE_SEGMENTS:
+            return  # busy, with room left: recycle when it is quiet (see the module docstring)
         segments = self.journal.recyclable()
         if not segments:
             return

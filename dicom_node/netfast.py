@@ -17,6 +17,11 @@ Where the time went (2-core machine, bench/receive.py; profiled with py-spy and 
   :class:`SharedContext` makes that copy shallow (contexts are only read during negotiation).
 * Both reactor threads of an association poll with fixed 1 ms sleeps, ~3 ms per instance:
   :mod:`dicom_node.reactor` makes them event-driven.
+* Negotiating an association turns every proposed abstract and transfer syntax into a pydicom
+  UID, checked against two regular expressions each time: a sender proposing ~120 SOP classes
+  in 3 syntaxes costs ~20 ms of GIL time per association, which concurrent associations pay
+  one after another. :func:`cache_uid_checks` remembers each checked value (the same few hundred
+  UIDs come in every association).
 * Each C-STORE-RSP command set was encoded twice by pydicom's generic writer (group length, then
   the message): more GIL time than the whole store handler. :class:`FastDIMSE` writes the six
   elements of a Success response by hand (PS3.7 9.3.1.2, implicit VR little endian) and sends
@@ -27,6 +32,7 @@ Where the time went (2-core machine, bench/receive.py; profiled with py-spy and 
 from __future__ import annotations
 
 import copy
+import functools
 import socket
 import struct
 from typing import Any
@@ -36,7 +42,8 @@ from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Ex
                          ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless,
                          RLELossless)
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context
-from pynetdicom import evt
+from pynetdicom import ae as pynetdicom_ae
+from pynetdicom import dimse_primitives, evt, pdu_items, pdu_primitives, presentation, utils
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
@@ -175,6 +182,29 @@ class FastDIMSE(DIMSEServiceProvider):
         super().send_msg(primitive, context_id)
 
 
+_UNCACHED_SET_UID = utils.set_uid
+
+
+@functools.lru_cache(maxsize=8192)
+def _checked_uid(value: str | bytes | None, name: str, allow_empty: bool, allow_none: bool, validate: bool) -> Any:
+    return _UNCACHED_SET_UID(value, name, allow_empty, allow_none, validate)
+
+
+def _set_uid(value: Any, name: str, allow_empty: bool = True, allow_none: bool = True, validate: bool = True) -> Any:
+    # A UID instance may carry state of its own (a private syntax's encoding): never shared.
+    # SOP Instance UIDs come once each: remembering them would only push the syntaxes out.
+    if (value is None or type(value) in (str, bytes)) and "Instance" not in name:
+        return _checked_uid(value, name, allow_empty, allow_none, validate)
+    return _UNCACHED_SET_UID(value, name, allow_empty, allow_none, validate)
+
+
+def cache_uid_checks() -> None:
+    """Make pynetdicom's ``set_uid`` remember its result per value (UIDs are immutable; a value
+    that fails its check raises every time, as before: exceptions are not cached)."""
+    for module in (utils, pdu_items, pdu_primitives, presentation, dimse_primitives, pynetdicom_ae):
+        module.set_uid = _set_uid  # type: ignore[attr-defined]
+
+
 class _RequestHandler(RequestHandler):
     def _create_association(self) -> Any:
         assoc = super()._create_association()
@@ -195,6 +225,7 @@ class _RequestHandler(RequestHandler):
 
 def tune_server(server: ThreadedAssociationServer) -> None:
     """Apply the receive-path tuning to a started server (before its first association)."""
+    cache_uid_checks()
     shared = []
     for cx in server.contexts:
         clone = SharedContext()

@@ -36,6 +36,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import pydicom.config
+
 from dicom_node.assembler import Assembler
 from dicom_node.config import Config
 from dicom_node.httpstatus import status_snapshot, write_node_state
@@ -106,6 +108,10 @@ class Node:
                  runner: JobRunner | None = None, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.clock = clock
+        # The node reads headers to route series, never to check them: pydicom's per-value
+        # checks (regular expressions on every UID) take GIL time from the receiver, and their
+        # warnings quote element values, which may be PHI.
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         self.ledger = Ledger(cfg.data_dir / LEDGER_FILE)
         self.assembler = Assembler(cfg, self.ledger)
         self.submitter: Submitter = submitter if submitter is not None else make_submitter(cfg, self.ledger, runner)

@@ -253,3 +253,44 @@ def test_the_journal_grows_only_while_the_disk_may_give_the_space(tmp_path: Path
     with pytest.raises(JournalUnavailable, match="journal full"):
         journal.append(entry(20), [payload(20)], timeout=0.1)
     assert not journal.add_spare() and len(list(journal.iter_state())) == 1
+
+
+def test_mover_recycles_only_when_quiet_or_short_of_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While records arrive and segments are left, the spool is not flushed (its syncfs would
+    hold up the receivers' own flushes); once quiet, or down to the last free segments, it is."""
+    from dicom_node import journal_mover
+
+    monkeypatch.setattr(journal_mover, "IDLE_RECYCLE_S", 0.5)
+    spool, ledger = Spool(tmp_path), Ledger(tmp_path / "ledger.sqlite3")
+    mover = JournalMover(small_journal(tmp_path / "journal", max_segments=8, initial_segments=1), spool, ledger)
+    flushes: list[int] = []
+    flush = mover._flush_spool
+    monkeypatch.setattr(mover, "_flush_spool", lambda: (flushes.append(len(mover._unflushed)), flush())[1])
+    mover.start()
+    try:
+        for n in range(40):  # about three segments, one record every 10 ms: busy throughout
+            mover.journal.append(entry(n), [payload(n)])
+            time.sleep(0.01)
+        assert mover.journal.wait_moved(10)
+        assert flushes == [], "recycled while records kept arriving and free segments were left"
+        assert mover.journal.free_segments() >= journal_mover.MIN_FREE_SEGMENTS
+        deadline = time.monotonic() + 10
+        while not flushes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert flushes and flushes[0] == 40  # quiet: one flush for every file moved so far
+        time.sleep(0.2)
+        assert [written for _, written, _ in mover.journal.iter_state()] == [0] * len(list(mover.journal.iter_state()))
+    finally:
+        mover.stop()
+    # Short of segments: a journal that may not grow recycles while busy.
+    tight = JournalMover(small_journal(tmp_path / "tight", max_segments=2, initial_segments=2), spool, ledger)
+    tight_flush = tight._flush_spool
+    monkeypatch.setattr(tight, "_flush_spool", lambda: (flushes.append(-1), tight_flush())[1])
+    tight.start()
+    try:
+        for n in range(40):
+            tight.journal.append(entry(100 + n), [payload(n)])
+            time.sleep(0.01)
+        assert -1 in flushes, "two segments, never recycled while busy: the appends could not have fitted"
+    finally:
+        tight.stop()

@@ -20,9 +20,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.sop_class import CTImageStorage
 
-from dicom_node.netfast import (PREALLOCATE_MAX, PYNETDICOM_VERSION, FastSocket, encode_p_data, encode_store_success,
-                                storage_contexts, transfer_syntaxes)
+from dicom_node.netfast import (PREALLOCATE_MAX, PYNETDICOM_VERSION, FastSocket, cache_uid_checks, encode_p_data,
+                                encode_store_success, storage_contexts, transfer_syntaxes)
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 REMEASURE = ("dicom_node/netfast.py and dicom_node/reactor.py patch pynetdicom {measured} internals; "
@@ -128,3 +129,24 @@ def test_a_pdu_longer_than_the_preallocation_arrives_whole() -> None:
         sender.join(10)
         peer.close()
         fast.socket.close()  # type: ignore[union-attr]
+
+
+def test_cached_uid_checks_give_the_same_uids_and_still_refuse_bad_ones() -> None:
+    from pynetdicom import pdu_items, presentation, utils
+
+    cache_uid_checks()
+    # Negotiation: each proposed syntax arrives as bytes in an A-ASSOCIATE-RQ item.
+    first, again = pdu_items.AbstractSyntaxSubItem(), pdu_items.AbstractSyntaxSubItem()
+    first.abstract_syntax_name = again.abstract_syntax_name = CTImageStorage.encode("ascii")
+    assert first.abstract_syntax_name == CTImageStorage
+    assert first.abstract_syntax_name is again.abstract_syntax_name  # checked once, remembered
+    too_long = "1." + "2" * 63  # UIDs are at most 64 characters
+    for _ in range(2):  # a failed check is not remembered: it fails every time
+        with pytest.raises(ValueError, match="Invalid 'abstract_syntax' value"):
+            presentation.build_context(too_long)
+        with pytest.raises(ValueError, match="Invalid 'Abstract Syntax Name' value"):
+            first.abstract_syntax_name = too_long.encode("ascii")
+    # SOP Instance UIDs are checked each time, never kept.
+    uid = "1.2.826.0.1.3680043.8.498.1"
+    assert utils.set_uid(uid, "Affected SOP Instance UID") == uid
+    assert utils.set_uid(uid, "Affected SOP Instance UID") is not utils.set_uid(uid, "Affected SOP Instance UID")
