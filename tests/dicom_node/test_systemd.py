@@ -64,6 +64,15 @@ def test_unit_keys(name, exec_start):
     assert values(unit, "Install", "WantedBy") == ["multi-user.target"]
 
 
+def test_worker_stop_lets_the_running_task_finish():
+    # Only the Celery main process gets SIGTERM (warm shutdown); the pool process running the task
+    # is left to finish it (tests/worker/test_worker_shutdown.py), SIGKILLed only at the timeout.
+    unit = parse_unit(UNITS / "dicom-node-worker@.service")
+    assert values(unit, "Service", "KillMode") == ["mixed"]
+    assert values(unit, "Service", "KillSignal") == ["SIGTERM"]
+    assert int(values(unit, "Service", "TimeoutStopSec")[0]) >= 600  # a long series may take minutes
+
+
 def test_worker_command_accepts_the_unit_arguments():
     from dicom_node.cli import build_parser
 
