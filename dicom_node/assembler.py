@@ -182,6 +182,8 @@ class Assembler:
         why = self.completion(job, headers, now)
         if why is None:
             return None
+        if self.ledger.interrupted_transfer(job.id):
+            why += "; its association was aborted, the series may be incomplete"
         verdict = evaluate(headers, self.cfg.series)
         lane, rule = self.lane(job, headers, now)
         log = {"job": job.id, "series": short_uid(job.series_uid), "instances": len(headers), "why": why,

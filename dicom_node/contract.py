@@ -104,6 +104,9 @@ class Manifest:
         already decided (``state`` and ``reason`` say what the report states).
     state, reason, fail_stage:
         For ``"report"``: ``"not_analysed"`` or ``"failed"``, why, and the failed stage.
+    caveat:
+        For ``"analyse"``: what the report must say about the series itself (its transfer was
+        interrupted, so it may be incomplete); None when nothing.
     extra:
         Free-form annotations; nothing in the contract reads them.
     """
@@ -117,6 +120,7 @@ class Manifest:
     state: str | None = None
     reason: str | None = None
     fail_stage: str | None = None
+    caveat: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -133,6 +137,8 @@ class Manifest:
         """SHA-256 over what decides the result (not the lane), to recognise a finished job."""
         key = {"job_id": self.job_id, "series_uid": self.series_uid, "instances": sorted(self.instances),
                "mode": self.mode, "state": self.state, "reason": self.reason, "fail_stage": self.fail_stage}
+        if self.caveat is not None:
+            key["caveat"] = self.caveat
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,7 +156,7 @@ class Manifest:
                        study_uid=str(data["study_uid"]), instances=tuple(data["instances"]),
                        lane=str(data.get("lane", "stat")), mode=str(data.get("mode", "analyse")),
                        state=data.get("state"), reason=data.get("reason"), fail_stage=data.get("fail_stage"),
-                       extra=dict(data.get("extra") or {}))
+                       caveat=data.get("caveat"), extra=dict(data.get("extra") or {}))
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"{source}: not a valid job manifest ({exc})") from None
 
@@ -202,6 +208,8 @@ class Outcome:
     inference_timings, excluded_components, preview:
         For analysed series: the model's own timings, the components the decision rule removed,
         and the PNG preview's path; absent otherwise.
+    caveat:
+        The manifest's caveat, as the report states it; absent when there was none.
     """
 
     state: str
@@ -219,8 +227,9 @@ class Outcome:
     inference_timings: dict[str, float] | None = None
     excluded_components: tuple[dict[str, Any], ...] | None = None
     preview: str | None = None
+    caveat: str | None = None
 
-    _OPTIONAL = ("job_id", "manifest_digest", "inference_timings", "excluded_components", "preview")
+    _OPTIONAL = ("job_id", "manifest_digest", "inference_timings", "excluded_components", "preview", "caveat")
 
     def __post_init__(self) -> None:
         if self.state not in FINAL_STATES:

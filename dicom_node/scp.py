@@ -253,12 +253,13 @@ def handle_closed(event: Event, ledger: Ledger, state: ReceiverState) -> None:
     if state.journal is not None and not state.journal.wait_moved(MOVER_WAIT_S):
         logger.warning("journal mover behind at the end of an association; its series may be re-opened",
                        extra={"assoc": assoc_id})
+    aborted = bool(event.assoc.is_aborted)
     try:
         with state.lock:
-            ledger.close_association(assoc_id)
+            ledger.close_association(assoc_id, aborted=aborted)
     except Exception:  # noqa: BLE001
         logger.exception("cannot record the end of an association", extra={"assoc": assoc_id})
-    how = "aborted" if event.assoc.is_aborted else "released"
+    how = "aborted" if aborted else "released"
     observed.association_closed(assoc_id, how)
     logger.info(f"association {how}", extra={"assoc": assoc_id})
     if state.on_release is not None:

@@ -229,7 +229,9 @@ def datasets_to_series(
     iop = geometry.mean_orientation(iops)
     order = geometry.sort_order(positions, iop)
     datasets = [datasets[i] for i in order]
-    volume = np.stack([slice_hu(ds, _where(ds, i)) for i, ds in zip(order, datasets)])
+    volume = np.empty((len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)), np.float32)
+    for k, (i, ds) in enumerate(zip(order, datasets)):  # filled in place: no second copy of the volume
+        volume[k] = slice_hu(ds, _where(ds, i))
     reason = hu_problem(volume)
     if reason:
         raise SeriesError(reason)

@@ -23,8 +23,9 @@ import torch
 
 from .csr_unet import CSRUNet, CSRUNetConfig
 from .findings import ModelInfo, Prediction
-from .postprocess import findings_from_probabilities
-from .preprocess import head_crop, resample_hu, to_channels, to_original_grid
+from .postprocess import findings_from_label_map
+from .preprocess import head_crop, resample_hu, to_channels
+from .probabilities import labels_and_probabilities
 from .weights import SHIPPED_WEIGHTS, load_model, read_manifest, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -153,10 +154,10 @@ class Segmenter:
         t0 = time.perf_counter()
         logits, crop = self.scores(volume_hu)
         t1 = time.perf_counter()
-        probs = to_original_grid(logits, crop).numpy()
-        labels, findings, excluded = findings_from_probabilities(
-            probs, spacing_mm, crop.left + crop.side / 2.0, row_direction, volume_hu=volume_hu,
-            slab_mm=slab_mm, positions=positions, bleed_threshold=self.bleed_threshold)
+        raw_labels, confidence = labels_and_probabilities(logits, crop, self.bleed_threshold)
+        labels, findings, excluded = findings_from_label_map(
+            raw_labels, confidence, spacing_mm, crop.left + crop.side / 2.0, row_direction, volume_hu=volume_hu,
+            slab_mm=slab_mm, positions=positions)
         t2 = time.perf_counter()
         return Prediction(labels, findings, self.info,
                           {"network_s": round(t1 - t0, 3), "postprocess_s": round(t2 - t1, 3),

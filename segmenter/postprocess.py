@@ -37,7 +37,7 @@ sees them.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -263,19 +263,44 @@ def findings_from_probabilities(probs: np.ndarray, spacing_mm: Sequence[float], 
         uint8 labels (Z, rows, cols), a ``Finding`` per class name, and the components removed
         by the EDH rule (see ``drop_detached_edh``).
     """
-    labels, comps, _ = clean_labels(label_map(probs, bleed_threshold), spacing_mm, slab_mm=slab_mm)
+    return findings_from_label_map(label_map(probs, bleed_threshold), _DenseProbabilities(probs), spacing_mm,
+                                   midline_col, row_direction, min_present_ml, volume_hu, slab_mm=slab_mm,
+                                   positions=positions)
+
+
+class Confidence(Protocol):
+    def mean(self, cls_index: int, mask: np.ndarray) -> float:
+        """Mean probability of class ``cls_index`` over the voxels of ``mask``."""
+
+
+class _DenseProbabilities:
+    def __init__(self, probs: np.ndarray) -> None:
+        self.probs = probs
+
+    def mean(self, cls_index: int, mask: np.ndarray) -> float:
+        return float(self.probs[:, cls_index][mask].mean())
+
+
+def findings_from_label_map(raw_labels: np.ndarray, confidence: Confidence | None, spacing_mm: Sequence[float],
+                            midline_col: float, row_direction: Sequence[float] = (1.0, 0.0, 0.0),
+                            min_present_ml: float = MIN_PRESENT_ML, volume_hu: np.ndarray | None = None, *,
+                            slab_mm: Sequence[float] | None = None, positions: np.ndarray | None = None,
+                            ) -> tuple[np.ndarray, dict[str, Finding], list[dict[str, Any]]]:
+    """:func:`findings_from_probabilities` from its label map (``label_map``) and the class
+    probabilities' means (``segmenter.probabilities.BleedProbabilities``)."""
+    labels, comps, _ = clean_labels(raw_labels, spacing_mm, slab_mm=slab_mm)
     excluded = [] if volume_hu is None else drop_detached_edh(labels, comps, volume_hu, spacing_mm, slab_mm=slab_mm)
-    findings = findings_from_labels(labels, comps, probs, spacing_mm, midline_col, row_direction, min_present_ml,
+    findings = findings_from_labels(labels, comps, confidence, spacing_mm, midline_col, row_direction, min_present_ml,
                                     slab_mm=slab_mm, positions=positions)
     return labels, findings, excluded
 
 
-def findings_from_labels(labels: np.ndarray, comps: np.ndarray, probs: np.ndarray | None,
+def findings_from_labels(labels: np.ndarray, comps: np.ndarray, confidence: Confidence | None,
                          spacing_mm: Sequence[float], midline_col: float,
                          row_direction: Sequence[float] = (1.0, 0.0, 0.0),
                          min_present_ml: float = MIN_PRESENT_ML, *, slab_mm: Sequence[float] | None = None,
                          positions: np.ndarray | None = None) -> dict[str, Finding]:
-    """One ``Finding`` per class from cleaned labels (``probs`` None gives confidence 1).
+    """One ``Finding`` per class from cleaned labels (``confidence`` None gives confidence 1).
 
     ``slab_mm`` and ``positions`` as in :func:`findings_from_probabilities`.
     """
@@ -289,7 +314,7 @@ def findings_from_labels(labels: np.ndarray, comps: np.ndarray, probs: np.ndarra
         if n == 0:
             findings[name] = Finding(name, c, False, 0.0, 0.0, None, 0.0, 0)
             continue
-        conf = float(probs[:, c][mask].mean()) if probs is not None else 1.0
+        conf = confidence.mean(c, mask) if confidence is not None else 1.0
         side = laterality(mask, comps, spacing_mm, midline_col, row_direction, slab_mm=slab_mm, positions=positions)
         findings[name] = Finding(name, c, vol >= min_present_ml, float(vol),
                                  round(max_thickness_mm(mask, spacing_mm), 2), side, round(conf, 4), n)

@@ -164,7 +164,7 @@ def analyse_series(sources: Sequence[Path], folder: Path, cfg: Config, segmenter
 
 def _analyse(sources: Sequence[Path], folder: Path, cfg: Config, segmenter: SegmenterSource, *,
              rel_to: Path, mode: str = "analyse", state: str | None = None, reason: str | None = None,
-             fail_stage: str | None = None, preview: bool = True) -> Outcome:
+             fail_stage: str | None = None, preview: bool = True, caveat: str | None = None) -> Outcome:
     folder.mkdir(parents=True, exist_ok=True)
     run = _Run(folder, rel_to)
     if mode == "report":
@@ -199,7 +199,7 @@ def _analyse(sources: Sequence[Path], folder: Path, cfg: Config, segmenter: Segm
                        headers=series.datasets, model=model.info)
     run.lap("inference")
     try:
-        _build(run, series.datasets, prediction, preview, cfg)
+        _build(run, series.datasets, prediction, preview, cfg, caveat)
     except Exception as exc:
         logger.exception("building the result objects failed")
         run.files.clear()
@@ -212,10 +212,12 @@ def _analyse(sources: Sequence[Path], folder: Path, cfg: Config, segmenter: Segm
     shown = os.path.relpath(folder / PREVIEW_FILE, rel_to) if (folder / PREVIEW_FILE).is_file() else None
     return run.outcome("done", findings=findings, model=prediction.model.to_dict(),
                        inference_timings=dict(prediction.timings_s),
-                       excluded_components=tuple(dict(e) for e in prediction.excluded), preview=shown)
+                       excluded_components=tuple(dict(e) for e in prediction.excluded), preview=shown,
+                       caveat=caveat)
 
 
-def _build(run: _Run, sources: list[pydicom.Dataset], prediction: Any, preview: bool, cfg: Config) -> None:
+def _build(run: _Run, sources: list[pydicom.Dataset], prediction: Any, preview: bool, cfg: Config,
+           caveat: str | None = None) -> None:
     from worker.results.keyimages import build_key_images
     from worker.results.preview import render_preview_png
     from worker.results.seg import build_seg, prepare_sources
@@ -225,7 +227,7 @@ def _build(run: _Run, sources: list[pydicom.Dataset], prediction: Any, preview: 
     seg = build_seg(headers, prediction)
     critical = cfg.triage.critical
     sr = build_sr(headers, prediction, seg, sdh_thickness_mm=critical.sdh_thickness_mm,
-                  edh_volume_ml=critical.edh_volume_ml)
+                  edh_volume_ml=critical.edh_volume_ml, caveat=caveat)
     keys = build_key_images(sources, prediction, max_images=MAX_KEY_IMAGES)
     run.lap("build")
     if seg is not None:
@@ -285,7 +287,7 @@ def run_job(manifest_path: str | Path, data_dir: str | Path, cfg: Config,
     with beat(folder, manifest.job_id):
         outcome = _analyse(sources, folder, cfg, segmenter, rel_to=data_dir, mode=manifest.mode,
                            state=manifest.state, reason=manifest.reason, fail_stage=manifest.fail_stage,
-                           preview=cfg.results.preview_png)
+                           preview=cfg.results.preview_png, caveat=manifest.caveat)
     outcome = replace(outcome, job_id=manifest.job_id, manifest_digest=manifest.digest)
     write_outcome(folder, outcome)
     logger.info("job finished", extra={**log, "state": outcome.state, "fail_stage": outcome.fail_stage,

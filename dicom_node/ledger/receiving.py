@@ -24,16 +24,32 @@ class Receiving(Store):
             db.execute("INSERT OR REPLACE INTO associations(id, calling_ae, opened_at, called_ae) VALUES (?,?,?,?)",
                        (assoc_id, calling_ae, now or time.time(), called_ae))
 
-    def close_association(self, assoc_id: str, now: float | None = None) -> None:
+    def close_association(self, assoc_id: str, now: float | None = None, *, aborted: bool = False) -> None:
+        """Record the end of an association; ``aborted``: it ended without a release."""
         with self._tx() as db:
-            db.execute("UPDATE associations SET closed_at=? WHERE id=? AND closed_at IS NULL",
-                       (now or time.time(), assoc_id))
+            db.execute("UPDATE associations SET closed_at=?, aborted=? WHERE id=? AND closed_at IS NULL",
+                       (now or time.time(), int(aborted), assoc_id))
 
     def close_all_associations(self, now: float | None = None) -> int:
-        """At start-up no association of a previous run can still be open."""
+        """At start-up no association of a previous run can still be open: they were cut off,
+        and are recorded as aborted."""
         with self._tx() as db:
-            cur = db.execute("UPDATE associations SET closed_at=? WHERE closed_at IS NULL", (now or time.time(),))
+            cur = db.execute("UPDATE associations SET closed_at=?, aborted=1 WHERE closed_at IS NULL",
+                             (now or time.time(),))
             return cur.rowcount
+
+    def interrupted_transfer(self, job_id: int) -> str | None:
+        """Why the job's series may be incomplete, or None: the association that carried its
+        latest instance ended without a release. A sender that sent the rest on a new
+        association, and released that one, did not leave it interrupted."""
+        row = self._db().execute(
+            "SELECT a.aborted, (SELECT COUNT(*) FROM instances WHERE job_id=? AND assoc_id=a.id) "
+            "FROM instances i JOIN associations a ON a.id = i.assoc_id WHERE i.job_id=? "
+            "ORDER BY i.received_at DESC LIMIT 1", (job_id, job_id)).fetchone()
+        if row is None or not row[0]:
+            return None
+        return (f"Transfer interrupted: the association sending this series was aborted after {row[1]} "
+                "instance(s). The series may be incomplete; slices that did not arrive were not analysed.")
 
     def open_associations_for_job(self, job_id: int) -> int:
         row = self._db().execute(

@@ -121,6 +121,13 @@ _V5 = (
 )
 
 
+_V6 = (
+    # An association that ended without a release (the peer aborted, the network timed out, the
+    # node restarted): the series it carried may be incomplete, and its result says so.
+    "ALTER TABLE associations ADD COLUMN aborted INTEGER NOT NULL DEFAULT 0",
+)
+
+
 def _statements(statements: Sequence[str]) -> Callable[[sqlite3.Connection], None]:
     def run(db: sqlite3.Connection) -> None:
         for statement in statements:
@@ -136,6 +143,7 @@ MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
     (3, _statements(_V3)),
     (4, _statements(_V4)),
     (5, _statements(_V5)),
+    (6, _statements(_V6)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -269,12 +269,15 @@ class Reprocessor:
             state.assoc_ids[assoc] = assoc_id
             self.ledger.open_association(assoc_id, self.source.ae_title)
 
+        retrieved = None
         try:
-            return qr.get_series(self.source, aet, item.study_uid, item.series_uid,
-                                 lambda event: handle_store(event, spool, self.ledger, state), on_open=opened,
-                                 timeout=timeout)
+            retrieved = qr.get_series(self.source, aet, item.study_uid, item.series_uid,
+                                      lambda event: handle_store(event, spool, self.ledger, state), on_open=opened,
+                                      timeout=timeout)
+            return retrieved
         finally:
-            self.ledger.close_association(assoc_id)
+            # A retrieval cut short leaves the series marked as possibly incomplete.
+            self.ledger.close_association(assoc_id, aborted=retrieved is None)
 
     # -- outcomes ------------------------------------------------------------------------------
     def _wait(self, run_id: int) -> str | None:

@@ -101,7 +101,8 @@ class SubmitterCore:
             instances.append(rel)
         manifest = Manifest(job_id=job.id, series_uid=job.series_uid, study_uid=job.study_uid,
                             instances=tuple(sorted(instances)), lane=lane, mode=mode, state=state, reason=reason,
-                            fail_stage=fail_stage)
+                            fail_stage=fail_stage,
+                            caveat=self.ledger.interrupted_transfer(job.id) if mode == "analyse" else None)
         return write_manifest(self.data_dir, manifest)
 
     def _outcome(self, job_id: int, mode: str | None = None) -> Outcome | None:

@@ -16,9 +16,12 @@ from typing import Iterator
 
 import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import CTImageStorage, Verification
 
+from dicom_node.requestor import guard
+from segmenter.dicom_io import make_test_series
 from tests.corpus.kind import Kind, Series
 from tests.corpus.node import AnalysingNode
 from tests.corpus.send import Reply, raw_exchange, store
@@ -121,6 +124,7 @@ def test_kind(corpus, kind: Kind) -> None:  # type: ignore[no-untyped-def]
     if kind.series is Series.ANALYSED:
         assert job.state == "done" and job.reason is None, (job.state, job.reason)
         assert "sr" in {f["type"] for f in job.result["files"]}
+        assert "caveat" not in job.result, job.result["caveat"]  # sent whole, released
         return
     assert job.state == "not_analysed", (job.state, job.reason)
     assert kind.reason in (job.reason or ""), job.reason
@@ -131,6 +135,32 @@ def test_kind(corpus, kind: Kind) -> None:  # type: ignore[no-untyped-def]
     for report in reports:
         text = (node.data_dir / report["path"]).read_bytes()
         assert kind.reason.encode() in text, "the status SR does not state the reason"
+
+
+def test_series_whose_association_was_aborted_says_it_may_be_incomplete(corpus, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A sender that aborts halfway (and never resends): the slices that came are analysed, and
+    the report says the transfer was interrupted instead of reading as a complete result."""
+    node, _ = corpus
+    files = make_test_series(tmp_path / "series", n_slices=24, rows=64, cols=64, seed=41)
+    ae = AE(ae_title="ABORTING_SCU")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = guard(ae.associate("127.0.0.1", node.port, ae_title="DURAL_AI"))
+    assert assoc.is_established
+    statuses = [int(assoc.send_c_store(path).Status) for path in files[:16]]
+    assoc.abort()
+    assert statuses == [0] * 16
+    series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    deadline = time.monotonic() + 180
+    while not node.settled(job := node.job_for(series_uid)):
+        assert time.monotonic() < deadline and node.alive(), node.log()[-3000:]
+        time.sleep(0.25)
+    assert job.state == "done", (job.state, job.reason)
+    assert any("association was aborted" in (d or "") for _, _, d in node.ledger.events(job.id))
+    caveat = job.result["caveat"]
+    assert "Transfer interrupted" in caveat and "after 16 instance(s)" in caveat
+    [report] = [f for f in job.result["files"] if f["type"] == "sr"]
+    text = (node.data_dir / report["path"]).read_bytes()
+    assert b"Transfer interrupted" in text and b"after 16 instance(s)" in text
 
 
 def test_node_survived_the_corpus(corpus) -> None:  # type: ignore[no-untyped-def]

@@ -188,6 +188,25 @@ def test_associations_per_job(ledger):
     assert ledger.close_all_associations() == 1
 
 
+def test_interrupted_transfer_is_the_last_association_ending_without_release(ledger):
+    ledger.open_association("a1", "SCU", now=T0)
+    job = new_job(ledger, n=3, assoc="a1")
+    assert ledger.interrupted_transfer(job) is None  # still open
+    ledger.close_association("a1", aborted=True)
+    assert "aborted after 3 instance(s)" in ledger.interrupted_transfer(job)
+    # The sender resent the rest on a new association and released it: complete again.
+    ledger.open_association("a2", "SCU", now=T0 + 1)
+    ledger.record_instance("1.2.3.rest", "1.2", "1.2.3", CT, "/spool/rest.dcm", "a2", now=T0 + 1)
+    ledger.close_association("a2")
+    assert ledger.interrupted_transfer(job) is None
+    # Open when the node stopped: cut off, so interrupted once the node starts again.
+    ledger.open_association("a3", "SCU", now=T0 + 2)
+    other = new_job(ledger, series="1.2.4", n=2, assoc="a3", now=T0 + 2)
+    assert ledger.close_all_associations() == 1
+    assert "aborted after 2 instance(s)" in ledger.interrupted_transfer(other)
+    assert ledger.interrupted_transfer(new_job(ledger, series="1.2.5", n=1, assoc=None)) is None  # from a folder
+
+
 def test_work_in_flight_and_last_association(ledger):
     assert not ledger.has_work_in_flight()
     ledger.open_association("a1", "SCU", now=T0)

@@ -126,6 +126,22 @@ def test_excluded_component_is_stated_in_the_summary(
     assert "excluded by rule" not in dsrdump(negative)
 
 
+def test_interrupted_transfer_is_stated_first_in_the_summary(
+    ct: CTSeries, make_prediction: Callable[..., Prediction], tmp_path: Path,
+    dciodvfy: Callable[[Path], list[str]], dsrdump: Callable[[Path], str],
+) -> None:
+    """A negative of a series whose transfer was cut short says so, before anything else."""
+    prediction = make_prediction(sdh=False, edh=False)
+    prediction.excluded = [{"label": "EDH", "volume_ml": 8.34, "attached_share": 0.09,
+                            "reason": "not against the skull: not epidural"}]
+    caveat = "Transfer interrupted: the association sending this series was aborted after 16 instance(s)."
+    path = tmp_path / "sr.dcm"
+    build_sr(ct.datasets, prediction, None, caveat=caveat).save_as(path)
+    dciodvfy(path)
+    text = dsrdump(path)
+    assert caveat in text and text.index(caveat) < text.index("EDH-like region")
+
+
 def test_sr_is_deterministic(ct: CTSeries, positive) -> None:
     prediction, seg, path = positive
     again = build_sr(ct.datasets, prediction, seg)

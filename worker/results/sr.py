@@ -166,6 +166,7 @@ def build_sr(
     series_number: int = SR_SERIES_NUMBER,
     sdh_thickness_mm: float = SDH_CRITICAL_THICKNESS_MM,
     edh_volume_ml: float = EDH_CRITICAL_VOLUME_ML,
+    caveat: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 report of an analysed series.
 
@@ -184,6 +185,9 @@ def build_sr(
         Series Number of the SR series.
     sdh_thickness_mm, edh_volume_ml:
         Critical thresholds of the triage category (``triage.critical`` in the config).
+    caveat:
+        What the reader must know about the series itself (its transfer was interrupted): put
+        first in the summary's comment, so that a negative result does not read as a plain one.
 
     Returns
     -------
@@ -220,7 +224,8 @@ def build_sr(
     category = triage_category(findings, sdh_thickness_mm=sdh_thickness_mm, edh_volume_ml=edh_volume_ml)
     evaluations.append(hd.sr.QualitativeEvaluation(codes.TRIAGE_CATEGORY, codes.TRIAGE_VALUES[category]))
     source = uids.source_key(series_uid, [str(h.SOPInstanceUID) for h in headers])
-    groups.append(_summary_group(source, model, evaluations, "Summary", excluded_comment(prediction.excluded)))
+    comment = " ".join(c for c in (caveat, excluded_comment(prediction.excluded)) if c) or None
+    groups.append(_summary_group(source, model, evaluations, "Summary", comment))
     evidence = list(headers)
     if seg is not None:
         numbers = _segment_numbers(seg, series_uid)
