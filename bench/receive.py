@@ -21,7 +21,8 @@ sharing those 200 slices (8 senders x 25 slices). Each case runs ``--repeats`` t
 receiver, interleaved (every receiver once, then the next repeat) so that all see the same
 machine load; the median wall time (first sender started to last sender finished) gives
 images/s. Prints a markdown table and writes JSON, with the 1-minute load average before every
-run. Before each repeat a probe times what every acknowledgement of the node waits for on this
+run, and the receiver process's user and system CPU time per instance during each run. Before
+each repeat a probe times what every acknowledgement of the node waits for on this
 disk at that moment: 526 kB written into a zero-filled file, then ``fdatasync`` (median of 50).
 ``--diagnose-fsync`` adds the node with ``os.fsync`` and ``os.fdatasync`` made no-ops
 (diagnostic only: what the receive path costs without the disk's flush latency).
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
              "node-direct": "node (direct spool writes)", "node-nofsync": "node, flushes disabled (diagnostic)"}
     times: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
     loads: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
+    cpu_ms: dict[str, dict[str, list[list[float]]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
     flush_ms: list[float] = []
     for repeat in range(args.repeats):
         flush_ms.append(flush_probe(args.work))
@@ -219,12 +221,16 @@ def main(argv: list[str] | None = None) -> int:
                 loads[name][kind].append(round(os.getloadavg()[0], 2))
                 receiver = Receiver(kind, args.work)
                 try:
+                    before = cpu_seconds(receiver.proc.pid)
                     seconds = run_case(receiver, folders, count)
+                    used = [round((a - b) * 1000 / count, 2) for a, b in zip(cpu_seconds(receiver.proc.pid), before)]
                 finally:
                     receiver.stop()
                 times[name][kind].append(seconds)
+                cpu_ms[name][kind].append(used)
                 print(f"run {repeat + 1}: {name}: {kind} {count / seconds:.0f} images/s "
-                      f"(load {loads[name][kind][-1]})", file=sys.stderr)
+                      f"(load {loads[name][kind][-1]}; receiver CPU per instance: user {used[0]} ms, "
+                      f"system {used[1]} ms)", file=sys.stderr)
     rows, results = [], []
     rates: dict[str, dict[str, float]] = {}
     for name, _, senders, count in CASES:
@@ -243,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             result[f"{kind.replace('-', '_')}_over_dcmtk"] = round(rate[kind] / rate["dcmtk"], 3)
             row += f" {rate[kind] / rate['dcmtk']:.2f} |"
         result["seconds"] = times[name]
+        result["receiver_cpu_ms_per_instance_user_system"] = cpu_ms[name]
         result["load_average_1min_before_run"] = loads[name]
         results.append(result)
         rows.append(row)
@@ -276,6 +283,14 @@ def main(argv: list[str] | None = None) -> int:
         "flush_probe_ms_per_run": flush_ms,
         "results": results, "targets": targets}, indent=2) + "\n")
     return 0
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` so far (``/proc/<pid>/stat``; for ``storescp
+    --fork`` only the listening parent, not its per-association children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _cpu_model() -> str:

@@ -181,7 +181,7 @@ class Views:
             "series_description": summary.get("series_description", ""), "instances": len(headers),
             "state": job.state.value, "category": job_category(job), "lane": job.lane,
             "reason": job.reason, "fail_stage": job.fail_stage, "report_error": job.report_error,
-            "reanalysable": job.reanalysable,
+            "caveat": outcome.get("caveat"), "reanalysable": job.reanalysable,
             "submissions": job.submissions, "created_at": iso(job.created_at), "updated_at": iso(job.updated_at),
             "last_instance_at": iso(job.last_instance_at), "open": job.state in OPEN_STATES,
             "findings": findings(job), "model": {k: model.get(k) for k in ("name", "version") if k in model},

@@ -98,12 +98,16 @@ def _seed(cfg, root: Path) -> dict[str, int]:
     sop = pydicom.dcmread(source, stop_before_pixels=True)
     files = [{"type": "sc", "path": f"results/{bleed}/key.dcm", "sop_class_uid": str(sop.SOPClassUID),
               "sop_instance_uid": str(sop.SOPInstanceUID), "series_uid": str(sop.SeriesInstanceUID)}]
-    ledger.transition(bleed, JobState.DONE, result={"files": files, "findings": FINDINGS,
+    ledger.transition(bleed, JobState.DONE, result={"files": files, "findings": FINDINGS, "caveat": CAVEAT,
                                                     "model": {"name": "csr-unet", "version": "test"}}, now=now + 20)
     ledger.set_triage(bleed, "critical")
     ledger.add_deliveries(bleed, ["pacs"], now=now + 20)
     ledger.close()
     return {"bleed": bleed, "failed": failed, "few": few}
+
+
+#: The seeded bleed series' transfer was cut short: the study page and the API say so.
+CAVEAT = "Transfer interrupted: the association sending this series was aborted after 7 instance(s)."
 
 
 class NodeProcess:
@@ -270,6 +274,8 @@ def test_worklist_search_and_api_documents(node):
     assert [e["state"] for e in series["timeline"]] == ["received", "complete", "queued", "running", "done"]
     assert [s["stage"] for s in series["stages"]] == ["assembly", "scheduling", "queue wait", "analysis"]
     assert series["deliveries"][0]["destination"] == "pacs" and series["key_image_note"]
+    assert series["caveat"] == CAVEAT
+    assert CAVEAT in requests.get(node.base + f"/studies/{first['study_uid']}", headers=headers, timeout=10).text
     problems = requests.get(node.base + "/api/v1/problems", headers=headers, timeout=10).json()
     assert problems["failed"][0]["reason"] == "inference ran out of memory"
     assert problems["not_analysed"][0]["job"] == node.jobs["few"]
