@@ -24,7 +24,10 @@ images/s. Prints a markdown table and writes JSON, with the 1-minute load averag
 run, and the receiver process's user and system CPU time per instance during each run. Before
 each repeat a probe times what every acknowledgement of the node waits for on this
 disk at that moment: 526 kB written into a zero-filled file, then ``fdatasync`` (median of 50).
-``--diagnose-fsync`` adds the node with ``os.fsync`` and ``os.fdatasync`` made no-ops
+Each node starts on a fresh data folder whose receive journal already has the segments a node
+keeps after its first bursts (4 x 32 MiB, zero-filled); ``--cold-journal`` starts it with the
+single segment of a new installation instead, so that its first burst also writes the journal's
+new segments. ``--diagnose-fsync`` adds the node with ``os.fsync`` and ``os.fdatasync`` made no-ops
 (diagnostic only: what the receive path costs without the disk's flush latency).
 
     .venv/bin/python bench/receive.py [--repeats 3] [--receiver tuned --receiver direct]
@@ -50,8 +53,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from dicom_node.journal import Journal  # noqa: E402
+from dicom_node.names import JOURNAL_DIR  # noqa: E402
+
 NODE_EXE = Path(sys.executable).parent / "dicom-node"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
+#: Journal segments a warm node has (see ``Receiver``): enough for a 105 MB burst.
+WARM_SEGMENTS = 4
 CASES = [("1 assoc x 200 slices", "ct200", 1, 200), ("8 assocs x 25 slices (200 split)", "split8", 8, 200)]
 
 
@@ -102,7 +111,7 @@ def make_series(work: Path) -> dict[str, Path]:
 
 
 class Receiver:
-    def __init__(self, kind: str, work: Path) -> None:
+    def __init__(self, kind: str, work: Path, warm_journal: bool = True) -> None:
         self.kind, self.port = kind, free_port()
         self.root = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=work))
         log = open(self.root / "receiver.log", "wb")
@@ -114,6 +123,10 @@ class Receiver:
                       "series": {"quiet_seconds": 3600, "min_slices": 100000},
                       "queue": {"broker_url": f"redis://127.0.0.1:{free_port()}/0"}, "http": {"enabled": False}}
             (self.root / "config.yaml").write_text(yaml.safe_dump(config))
+            if warm_journal and kind != "node-direct":
+                # The journal at the size it keeps after a node's first bursts (segments stay
+                # across restarts), so that the run measures receiving, not the journal's growth.
+                Journal(self.root / "var" / JOURNAL_DIR, initial_segments=WARM_SEGMENTS).release()
             argv = [str(NODE_EXE), "--config", str(self.root / "config.yaml"), "serve"]
             if kind in ("node-stock", "node-direct"):
                 # dicom-node serve with the receiver built by start_receiver(..., tuned=False) or
@@ -196,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dural-bench-receive",
                         help="series cache and receiver folders (same disk as a real data_dir)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "receive.json")
+    parser.add_argument("--cold-journal", action="store_true",
+                        help="start each node with the single journal segment of a new data folder (its first "
+                             "burst then grows the journal) instead of the segments a node keeps after its first bursts")
     parser.add_argument("--diagnose-fsync", action="store_true",
                         help="also run the node with os.fsync and os.fdatasync disabled (diagnostic column, "
                              "never a setting)")
@@ -219,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             folders = sorted(dirs[key].iterdir()) if senders > 1 else [dirs[key]]
             for kind in kinds:
                 loads[name][kind].append(round(os.getloadavg()[0], 2))
-                receiver = Receiver(kind, args.work)
+                receiver = Receiver(kind, args.work, warm_journal=not args.cold_journal)
                 try:
                     before = cpu_seconds(receiver.proc.pid)
                     seconds = run_case(receiver, folders, count)
@@ -281,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         "processor": _cpu_model(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "flush_probe_ms_per_run": flush_ms,
+        "journal": "cold: one segment, grown during the run" if args.cold_journal else
+                   f"warm: {WARM_SEGMENTS} segments of 32 MiB present at start",
         "results": results, "targets": targets}, indent=2) + "\n")
     return 0
 

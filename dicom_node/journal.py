@@ -166,7 +166,11 @@ class Journal:
         self.segment_bytes = segment_bytes
         self.max_segments = max(max_segments, 2)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # segments, records for the mover, moves
+        # Appends waiting for their flush wait here alone, so that the mover's frequent moves do
+        # not wake every association thread (each wake-up contends for the interpreter lock).
+        self._synced = threading.Condition(lock)
         self._segments: list[Segment] = []
         for path in sorted(self.folder.glob("segment-*.bin")):
             fd = os.open(path, os.O_RDWR)
@@ -308,7 +312,7 @@ class Journal:
         while self._synced_seq < seq:
             self._check_open(closing_ok=True)
             if self._syncing:
-                self._cond.wait()
+                self._synced.wait()
                 continue
             self._syncing = True
             batch, self._pending = self._pending, []
@@ -325,7 +329,8 @@ class Journal:
             finally:
                 self._cond.acquire()
                 self._syncing = False
-                self._cond.notify_all()
+                self._synced.notify_all()
+                self._cond.notify_all()  # the mover: records to take
             if failure is not None:
                 # After a failed flush the page cache no longer says what is on disk: take nothing more.
                 self._failure = f"journal flush failed: {failure}"
