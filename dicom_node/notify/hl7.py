@@ -11,7 +11,8 @@ Message layout (segments, fields this node fills)::
     TQ1  9 priority (table 0485), mapped per category by notify.hl7[].priority
     OBX  study instance UID (DCM 110180); per class one group sharing a sub-ID (OBX-4):
          presence (Y/N), volume mL, maximum thickness mm, side when present; the triage
-         category; why there is no result (not_analysed/failed); the model; SR and SEG
+         category; why there is no result (not_analysed/failed), or what limits it (an
+         interrupted transfer); the model; SR and SEG
          instance UIDs. OBX-11 is F, or C for a correction.
 
 No standard field carries an AI priority, hence the per-site mapping.
@@ -124,6 +125,8 @@ def build_oru(endpoint: Hl7Endpoint, notice: Notice, now: float | None = None) -
     rows.append(("CWE", "TRIAGE", "AI triage category", f"{notice.category}^{notice.category}^{LOCAL}", "", ""))
     if notice.reason:
         rows.append(("ST", "REASON", "Why there is no result", notice.reason[:200], "", ""))
+    if notice.caveat:
+        rows.append(("ST", "CAVEAT", "What limits the result", notice.caveat[:200], "", ""))
     if notice.model:
         rows.append(("ST", "MODEL", "Algorithm", f"{notice.model.get('name', '')} {notice.model.get('version', '')}",
                      "", ""))

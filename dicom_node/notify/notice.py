@@ -38,6 +38,8 @@ class Notice:
         Whether this replaces an earlier result sent to the same receiver, and its category.
     state, reason:
         ``done``, ``not_analysed`` or ``failed``, and why there is no result.
+    caveat:
+        For a result: what limits it (its series' transfer was interrupted), or None.
     findings:
         Per class: ``present``, ``volume_ml``, ``max_thickness_mm``, ``laterality``.
     model:
@@ -58,6 +60,7 @@ class Notice:
     previous_category: str | None
     state: str
     reason: str | None
+    caveat: str | None = None
     findings: dict[str, dict[str, Any]] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     objects: dict[str, str] = field(default_factory=dict)
@@ -110,7 +113,8 @@ def build_notice(ledger: Ledger, delivery: Delivery, data_dir: str | Path) -> No
     return Notice(job_id=job.id, delivery_id=delivery.id, study_uid=job.study_uid, series_uid=job.series_uid,
                   category=payload["category"], priority_category=payload.get("priority_category", payload["category"]),
                   correction=bool(payload.get("correction")), previous_category=payload.get("previous_category"),
-                  state=state, reason=job.reason if state != "done" else None, findings=findings, model=model,
+                  state=state, reason=job.reason if state != "done" else None,
+                  caveat=outcome.get("caveat") if state == "done" else None, findings=findings, model=model,
                   objects=objects, patient_id=str(header.get("PatientID", "") or ""),
                   patient_name=str(header.get("PatientName", "") or ""),
                   accession_number=str(header.get("AccessionNumber", "") or ""))

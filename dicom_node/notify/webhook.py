@@ -50,6 +50,7 @@ def body(notice: Notice, api_url: str, now: float | None = None) -> bytes:
         "previous_triage": notice.previous_category,
         "state": notice.state,
         "reason": notice.reason,
+        "caveat": notice.caveat,
         "findings": notice.findings,
         "model": notice.model,
         "objects": notice.objects,

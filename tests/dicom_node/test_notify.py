@@ -48,7 +48,7 @@ def make_cfg(tmp_path: Path, *, mllp: int | None = None, hook: str | None = None
 
 
 def add_result(ledger: Ledger, paths: list[Path], findings: dict[str, Any], state: str = "done",
-               reason: str | None = None) -> int:
+               reason: str | None = None, caveat: str | None = None) -> int:
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         ledger.record_instance(ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID, CT, path, None)
@@ -57,7 +57,7 @@ def add_result(ledger: Ledger, paths: list[Path], findings: dict[str, Any], stat
     if any(f["present"] for f in findings.values()):
         files.append({"type": "seg", "sop_instance_uid": f"2.25.{job_id}2", "path": "x/seg.dcm"})
     result = {"findings": findings, "model": {"name": "csr-unet", "version": "2.1", "weights_sha256": "ab"},
-              "files": files}
+              "files": files, **({"caveat": caveat} if caveat else {})}
     ledger.transition(job_id, JobState(state), result=result, reason=reason)
     return job_id
 
@@ -215,6 +215,21 @@ def test_not_analysed_result_says_why(tmp_path, series_factory):
         deliver(cfg, ledger)
     values = obx(ris.received[0].message)
     assert values["TRIAGE"][0].startswith("not_analysed") and values["REASON"] == ["only 6 slices"]
+
+
+def test_result_of_an_interrupted_transfer_says_so(tmp_path, series_factory):
+    caveat = "Transfer interrupted: the association sending this series was aborted after 12 instance(s)."
+    with MllpListener() as ris, WebhookReceiver(SECRET.encode()) as hook:
+        cfg = make_cfg(tmp_path, mllp=ris.port, hook=hook.url)
+        ledger = Ledger(cfg.data_dir / "ledger.sqlite")
+        cut = add_result(ledger, series_factory("cut"), POSITIVE, caveat=caveat)
+        whole = add_result(ledger, series_factory("whole"), POSITIVE)
+        for job_id in (cut, whole):
+            queue_notifications(cfg, ledger, job_id)
+        deliver(cfg, ledger)
+    by_job = {int(r.message.msh.msh_10.to_er7()[2:].split("-")[0]): obx(r.message) for r in ris.received}
+    assert by_job[cut]["CAVEAT"] == [caveat] and "CAVEAT" not in by_job[whole]
+    assert {h.doc["job_id"]: h.doc["caveat"] for h in hook.received} == {cut: caveat, whole: None}
 
 
 @pytest.mark.parametrize("reply", ["", "MSH|^~\\&|x", "not hl7 at all"])
