@@ -21,7 +21,7 @@ sharing those 200 slices (8 senders x 25 slices). Each case runs ``--repeats`` t
 receiver, interleaved (every receiver once, then the next repeat) so that all see the same
 machine load; the median wall time (first sender started to last sender finished) gives
 images/s. Prints a markdown table and writes JSON, with the 1-minute load average before every
-run, and the receiver process's user and system CPU time per instance during each run. Before
+run, and the node process's user and system CPU time per instance during each run. Before
 each repeat a probe times what every acknowledgement of the node waits for on this
 disk at that moment: 526 kB written into a zero-filled file, then ``fdatasync`` (median of 50).
 Each node starts on a fresh data folder whose receive journal already has the segments a node
@@ -243,10 +243,12 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     receiver.stop()
                 times[name][kind].append(seconds)
-                cpu_ms[name][kind].append(used)
+                cpu = ""
+                if kind.startswith("node"):  # storescp --fork works in children this cannot see
+                    cpu_ms[name][kind].append(used)
+                    cpu = f"; receiver CPU per instance: user {used[0]} ms, system {used[1]} ms"
                 print(f"run {repeat + 1}: {name}: {kind} {count / seconds:.0f} images/s "
-                      f"(load {loads[name][kind][-1]}; receiver CPU per instance: user {used[0]} ms, "
-                      f"system {used[1]} ms)", file=sys.stderr)
+                      f"(load {loads[name][kind][-1]}{cpu})", file=sys.stderr)
     rows, results = [], []
     rates: dict[str, dict[str, float]] = {}
     for name, _, senders, count in CASES:
@@ -304,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of ``pid`` so far (``/proc/<pid>/stat``; for ``storescp
-    --fork`` only the listening parent, not its per-association children)."""
+    """User and system CPU seconds of ``pid`` so far (``/proc/<pid>/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
