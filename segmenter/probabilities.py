@@ -30,12 +30,6 @@ class BleedProbabilities:
     index: np.ndarray
     values: dict[int, np.ndarray]
 
-    @classmethod
-    def from_dense(cls, probs: np.ndarray, labels: np.ndarray) -> "BleedProbabilities":
-        """From (Z, C, rows, cols) probabilities and the label map made of them."""
-        index = np.flatnonzero(labels)
-        return cls(index, {c: probs[:, c].reshape(-1)[index].astype(np.float32) for c in CLASS_NAMES})
-
     def mean(self, cls_index: int, mask: np.ndarray) -> float:
         """Mean probability of class ``cls_index`` over ``mask`` (which must lie within the bleed voxels)."""
         wanted = np.flatnonzero(mask)

@@ -8,6 +8,7 @@ dcmtk's storescp on that port and presses Retry in headless Chromium.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pydicom
 import pytest
@@ -108,6 +109,20 @@ def _seed(cfg, root: Path) -> dict[str, int]:
 
 #: The seeded bleed series' transfer was cut short: the study page and the API say so.
 CAVEAT = "Transfer interrupted: the association sending this series was aborted after 7 instance(s)."
+
+
+@contextlib.contextmanager
+def pacs_storescp(dcmtk: Callable[[str], str], storage: Path, port: int) -> Iterator[None]:
+    """dcmtk storescp as the PACS (AE title PACS) on ``port``, writing into ``storage``."""
+    storage.mkdir()
+    pacs = subprocess.Popen([dcmtk("storescp"), "-aet", "PACS", "-od", str(storage), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_until("storescp", lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 20)
+        yield
+    finally:
+        pacs.terminate()
+        pacs.wait(10)
 
 
 class NodeProcess:
@@ -299,11 +314,7 @@ def test_retry_a_dead_delivery_from_the_browser(node, dcmtk, tmp_path):
     dead = wait_until("the delivery to be dead-lettered", lambda: (d := delivery())["state"] == "dead" and d, 60)
     assert dead["attempts"] == 1 and dead["last_error"]
     storage = tmp_path / "pacs"
-    storage.mkdir()
-    pacs = subprocess.Popen([dcmtk("storescp"), "-aet", "PACS", "-od", str(storage), str(node.pacs_port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        wait_until("storescp", lambda: socket.socket().connect_ex(("127.0.0.1", node.pacs_port)) == 0, 20)
+    with pacs_storescp(dcmtk, storage, node.pacs_port):
         with chromium() as browser:
             from selenium.webdriver.common.by import By
 
@@ -318,9 +329,6 @@ def test_retry_a_dead_delivery_from_the_browser(node, dcmtk, tmp_path):
         sent = wait_until("the retried delivery to be sent", lambda: (d := delivery())["state"] == "sent" and d, 60)
         assert sent["attempts"] == 1  # the retry gave it its attempts back
         assert len(list(storage.iterdir())) == 1
-    finally:
-        pacs.terminate()
-        pacs.wait(10)
     audit = [json.loads(line) for line in (node.cfg.data_dir / "audit" / "audit.jsonl").read_text().splitlines()]
     assert {"event": "delivery_retry", "token_name": "grace", "job": job, "delivery": dead["id"], "requeued": 1}.items() \
         <= next(r for r in audit if r["event"] == "delivery_retry").items()

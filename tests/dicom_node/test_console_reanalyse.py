@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from dicom_node.assembler import Assembler
 from dicom_node.config import load_config
 from dicom_node.ledger import JobState, Ledger
 from dicom_node.names import LEDGER_FILE
-from tests.dicom_node.test_console import STUDIES, NodeProcess, _series, bearer, wait_until
+from tests.dicom_node.test_console import STUDIES, NodeProcess, _series, bearer, pacs_storescp, wait_until
 
 SHIPPED = Path(__file__).resolve().parents[2] / "segmenter" / "weights"
 
@@ -60,51 +58,48 @@ def test_reanalyse_a_job_that_failed_to_load_its_model(tmp_path, dcmtk):
     ledger.close()
 
     storage = tmp_path / "pacs"
-    storage.mkdir()
-    pacs = subprocess.Popen([dcmtk("storescp"), "-aet", "PACS", "-od", str(storage), str(node.pacs_port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        wait_until("storescp", lambda: socket.socket().connect_ex(("127.0.0.1", node.pacs_port)) == 0, 20)
-        node.start()
-        headers = bearer(node.token("ivan"))
-        failed = wait_until("the failure's status SR to be delivered",
-                            lambda: (d := _job_doc(node, job, headers))["state"] == "delivered" and d, 120)
-        assert failed["fail_stage"] == "load" and "model could not be loaded" in failed["reason"]
-        assert failed["reanalysable"] and [d["state"] for d in failed["deliveries"]] == ["sent"]
-        status_objects = len(list(storage.iterdir()))
-        assert status_objects >= 1
+    with pacs_storescp(dcmtk, storage, node.pacs_port):
+        try:
+            node.start()
+            headers = bearer(node.token("ivan"))
+            failed = wait_until("the failure's status SR to be delivered",
+                                lambda: (d := _job_doc(node, job, headers))["state"] == "delivered" and d, 120)
+            assert failed["fail_stage"] == "load" and "model could not be loaded" in failed["reason"]
+            assert failed["reanalysable"] and [d["state"] for d in failed["deliveries"]] == ["sent"]
+            status_objects = len(list(storage.iterdir()))
+            assert status_objects >= 1
 
-        button = f'action="/jobs/{job}/reanalyse"'
-        for page in ("/problems", f"/studies/{failed['study_uid']}"):
-            assert button in requests.get(node.base + page, headers=headers, timeout=10).text, page
+            button = f'action="/jobs/{job}/reanalyse"'
+            for page in ("/problems", f"/studies/{failed['study_uid']}"):
+                assert button in requests.get(node.base + page, headers=headers, timeout=10).text, page
 
-        # Refused while the job is not failed; the real weights then go where the config points.
-        shutil.copy(SHIPPED / "csr_unet.pt", weights / "csr_unet.pt")
-        other = requests.post(node.base + "/api/v1/jobs/999/reanalyse", headers=headers, timeout=10)
-        assert other.status_code == 404
-        reply = requests.post(node.base + f"/api/v1/jobs/{job}/reanalyse", headers=headers, timeout=10)
-        assert reply.status_code == 200, reply.text
-        assert reply.json() == {"job": job, "state": "complete"}
-        again = requests.post(node.base + f"/api/v1/jobs/{job}/reanalyse", headers=headers, timeout=10)
-        assert again.status_code == 409 and "only a failed job" in again.json()["detail"]
-        page = requests.post(node.base + f"/jobs/{job}/reanalyse", headers=headers, timeout=10, allow_redirects=False)
-        assert page.status_code == 409  # the page's form reaches the same action
+            # Refused while the job is not failed; the real weights then go where the config points.
+            shutil.copy(SHIPPED / "csr_unet.pt", weights / "csr_unet.pt")
+            other = requests.post(node.base + "/api/v1/jobs/999/reanalyse", headers=headers, timeout=10)
+            assert other.status_code == 404
+            reply = requests.post(node.base + f"/api/v1/jobs/{job}/reanalyse", headers=headers, timeout=10)
+            assert reply.status_code == 200, reply.text
+            assert reply.json() == {"job": job, "state": "complete"}
+            again = requests.post(node.base + f"/api/v1/jobs/{job}/reanalyse", headers=headers, timeout=10)
+            assert again.status_code == 409 and "only a failed job" in again.json()["detail"]
+            page = requests.post(node.base + f"/jobs/{job}/reanalyse", headers=headers, timeout=10,
+                                 allow_redirects=False)
+            assert page.status_code == 409  # the page's form reaches the same action
 
-        done = wait_until("the re-analysis to be delivered",
-                          lambda: (d := _job_doc(node, job, headers))["state"] == "delivered" and d, 300, 1.0)
-        assert done["fail_stage"] is None and done["reason"] is None and not done["reanalysable"]
-        # Analysed this time: findings and the model on record, the result objects delivered.
-        assert done["submissions"] == 1 and done["findings"] and done["model"]["name"] and done["files"]
-        assert done["category"] in {"negative", "positive", "critical"}
-        assert [d["state"] for d in done["deliveries"]] == ["sent"]
-        assert len(list(storage.iterdir())) == status_objects + len(done["files"])
-        assert button not in requests.get(node.base + f"/studies/{done['study_uid']}", headers=headers, timeout=10).text
-        details = [e["detail"] or "" for e in done["timeline"]]
-        assert "re-analysis requested by ivan; 1 earlier delivery of the failure cleared" in details
-    finally:
-        node.stop()
-        pacs.terminate()
-        pacs.wait(10)
+            done = wait_until("the re-analysis to be delivered",
+                              lambda: (d := _job_doc(node, job, headers))["state"] == "delivered" and d, 300, 1.0)
+            assert done["fail_stage"] is None and done["reason"] is None and not done["reanalysable"]
+            # Analysed this time: findings and the model on record, the result objects delivered.
+            assert done["submissions"] == 1 and done["findings"] and done["model"]["name"] and done["files"]
+            assert done["category"] in {"negative", "positive", "critical"}
+            assert [d["state"] for d in done["deliveries"]] == ["sent"]
+            assert len(list(storage.iterdir())) == status_objects + len(done["files"])
+            study_page = requests.get(node.base + f"/studies/{done['study_uid']}", headers=headers, timeout=10)
+            assert button not in study_page.text
+            details = [e["detail"] or "" for e in done["timeline"]]
+            assert "re-analysis requested by ivan; 1 earlier delivery of the failure cleared" in details
+        finally:
+            node.stop()
     audit = [json.loads(line) for line in (node.cfg.data_dir / "audit" / "audit.jsonl").read_text().splitlines()]
     assert [r for r in audit if r["event"] == "job_reanalyse"] == [
         {**next(r for r in audit if r["event"] == "job_reanalyse"), "token_name": "ivan", "job": job}]

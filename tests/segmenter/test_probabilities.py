@@ -55,7 +55,8 @@ def test_a_mask_outside_the_bleed_voxels_is_refused() -> None:
     probs = np.zeros((2, 3, 4, 4), np.float32)
     probs[:, 0] = 1.0
     probs[0, :, 1, 1] = (0.2, 0.7, 0.1)
-    confidence = BleedProbabilities.from_dense(probs, labels)
+    index = np.flatnonzero(labels)
+    confidence = BleedProbabilities(index, {c: probs[:, c].reshape(-1)[index] for c in (SDH, EDH)})
     assert confidence.mean(SDH, labels == SDH) == pytest.approx(0.7)
     wider = labels == SDH
     wider[1, 2, 2] = True
