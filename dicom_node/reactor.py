@@ -34,6 +34,8 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
+from dicom_node.pdu_read import FastSocket, pdv_views, read_pdu
+
 _ASSOC_LOG = logging.getLogger("pynetdicom.association")
 _DUL_LOG = logging.getLogger("pynetdicom.dul")
 
@@ -58,35 +60,6 @@ class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
         new = cls(on_put)
         new.queue.extend(old.queue)
         return new
-
-
-def pdv_views(pdu: bytearray) -> list[tuple[int, memoryview]] | None:
-    """(context id, value) of each presentation data value item of an encoded P-DATA-TF PDU,
-    values as views into ``pdu``; None when an item's length does not fit (PS3.8 9.3.5)."""
-    view = memoryview(pdu)
-    values = []
-    pos, end = 6, len(pdu)
-    while pos < end:
-        if pos + 4 > end:
-            return None
-        length = int.from_bytes(view[pos:pos + 4], "big")
-        if length < 2 or pos + 4 + length > end:  # context id and message control header at least
-            return None
-        values.append((pdu[pos + 4], view[pos + 5:pos + 4 + length]))
-        pos += 4 + length
-    return values or None
-
-
-class _ReceivedPData:
-    """Stands in for pynetdicom's decoded P_DATA_TF; DT-2 only asks it for its primitive."""
-
-    def __init__(self, values: list[tuple[int, memoryview]]) -> None:
-        self.values = values
-
-    def to_primitive(self) -> P_DATA:
-        primitive = P_DATA()
-        primitive.presentation_data_value_list.extend(self.values)  # type: ignore[arg-type]
-        return primitive
 
 
 class EventDUL(DULServiceProvider):
@@ -130,16 +103,61 @@ class EventDUL(DULServiceProvider):
             return True
         return False
 
-    def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
-        # A P-DATA-TF PDU of an established association becomes its P-DATA primitive holding views
-        # of the received bytes: pynetdicom copies each value three times before the DIMSE layer
-        # copies it again (~1.5 MB of copying per CT slice). Anything unusual goes its way.
-        if (bytestream[:1] == b"\x04" and self.state_machine.current_state == "Sta6"
-                and not self.assoc.get_handlers(evt.EVT_DATA_RECV) and not self.assoc.get_handlers(evt.EVT_PDU_RECV)):
-            values = pdv_views(bytestream)
-            if values is not None:
-                return _ReceivedPData(values), "Evt10"
-        return cast("tuple[Any, str]", super()._decode_pdu(bytestream))
+    def _read_pdu_data(self) -> None:
+        # pynetdicom 3.0.4 DULServiceProvider._read_pdu_data, reading header and body into one
+        # buffer (pdu_read), with the same events and log messages for each way it can fail.
+        sock = self.socket
+        if not isinstance(sock, FastSocket):
+            super()._read_pdu_data()
+            return
+        try:
+            outcome, pdu = read_pdu(sock)
+        except (OSError, TimeoutError) as exc:
+            _DUL_LOG.error("Connection closed before the entire PDU was received")
+            _DUL_LOG.exception(exc)
+            self.event_queue.put("Evt17")
+            return
+        if outcome == "closed":
+            self.event_queue.put("Evt17")
+            return
+        if outcome == "unknown":
+            _DUL_LOG.error(f"Unknown PDU type received '0x{pdu:02X}'")
+            self.event_queue.put("Evt19")
+            return
+        if outcome == "short":
+            _DUL_LOG.error(f"The received PDU is shorter than expected ({pdu[0]} of {pdu[1]} bytes received)")
+            self.event_queue.put("Evt17")
+            return
+        if self._deliver_p_data(pdu):
+            return
+        try:
+            decoded, event = self._decode_pdu(pdu)
+            self.event_queue.put(event)
+        except Exception as exc:
+            _DUL_LOG.error("Unable to decode the received PDU data")
+            _DUL_LOG.exception(exc)
+            self.event_queue.put("Evt19")
+            return
+        self._recv_pdu.put(decoded)
+
+    def _deliver_p_data(self, pdu: bytearray) -> bool:
+        """Hand a P-DATA-TF PDU of an established association straight to the DIMSE layer.
+
+        This is what the state machine would do (Sta6 + Evt10 -> DT-2 -> Sta6: no state change)
+        without its queue and action lookup, six times per CT slice. Only when nothing observes
+        the transition and no event waits before this one; anything else goes pynetdicom's way.
+        """
+        if (pdu[0] != 0x04 or self.state_machine.current_state != "Sta6" or self.event_queue.qsize()
+                or self._recv_pdu.qsize() or self.assoc.get_handlers(evt.EVT_DATA_RECV)
+                or self.assoc.get_handlers(evt.EVT_PDU_RECV) or self.assoc.get_handlers(evt.EVT_FSM_TRANSITION)):
+            return False
+        values = pdv_views(pdu)
+        if values is None:
+            return False  # malformed: pynetdicom's decoder reports it
+        primitive = P_DATA()
+        primitive.presentation_data_value_list.extend(values)  # type: ignore[arg-type]
+        self.assoc.dimse.receive_primitive(primitive)
+        return True
 
     def _send(self, pdu: Any) -> None:
         with self._send_lock:
@@ -172,8 +190,8 @@ class EventDUL(DULServiceProvider):
     def _wait(self, delay: float) -> None:
         raw = getattr(self.socket, "socket", None)
         assert self._wake_fds is not None
-        if self._tls_pending(raw):
-            return  # TLS: bytes already decrypted, which select() cannot see
+        if self._tls_pending(raw) or (isinstance(self.socket, FastSocket) and self.socket.buffered()):
+            return  # bytes already read (TLS: decrypted), which select() cannot see
         try:
             ready, _, _ = select.select([self._wake_fds[0]] + ([raw] if raw is not None else []), [], [], delay)
         except (OSError, ValueError):  # socket closed meanwhile

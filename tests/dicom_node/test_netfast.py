@@ -1,18 +1,13 @@
 """Receive-path tuning: what the acceptor offers, and the hand-encoded C-STORE response."""
 from __future__ import annotations
 
-import os
-import queue
-import socket
-import threading
+import logging
 import tomllib
-import tracemalloc
 from pathlib import Path
-from types import SimpleNamespace
 
 import pynetdicom
 import pytest
-from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
+from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
                          ImplicitVRLittleEndian, JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1,
                          JPEGLSLossless, JPEGLSNearLossless, RLELossless)
 from pynetdicom.dimse_messages import C_STORE_RSP
@@ -22,8 +17,8 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import CTImageStorage
 
-from dicom_node.netfast import (PREALLOCATE_MAX, PYNETDICOM_VERSION, FastSocket, cache_uid_checks, encode_p_data,
-                                encode_store_success, storage_contexts, transfer_syntaxes)
+from dicom_node.netfast import (PYNETDICOM_VERSION, cache_uid_checks, encode_p_data, encode_store_success,
+                                storage_contexts, transfer_syntaxes)
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 REMEASURE = ("dicom_node/netfast.py and dicom_node/reactor.py patch pynetdicom {measured} internals; "
@@ -97,41 +92,7 @@ def test_p_data_matches_pynetdicom_encoding(context_id: int, pdv: bytes) -> None
     assert encode_p_data(context_id, pdv) == P_DATA_TF(primitive).encode()
 
 
-def _fast_pair() -> tuple[FastSocket, socket.socket]:
-    ours, peer = socket.socketpair()
-    assoc = SimpleNamespace(dul=SimpleNamespace(event_queue=queue.Queue()))
-    return FastSocket(assoc, client_socket=ours), peer  # type: ignore[arg-type]
-
-
-def test_a_pdu_claiming_4_gib_allocates_only_what_arrives() -> None:
-    fast, peer = _fast_pair()
-    peer.sendall(b"0123456789")
-    peer.close()
-    tracemalloc.start()
-    try:
-        got = fast.recv(0xFFFFFFF0)  # what pynetdicom asks for after a 4 GiB length field
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-        fast.socket.close()  # type: ignore[union-attr]
-    assert bytes(got) == b"0123456789"
-    assert peak < 2 * PREALLOCATE_MAX, f"{peak} bytes allocated for 10 received"
-
-
-def test_a_pdu_longer_than_the_preallocation_arrives_whole() -> None:
-    fast, peer = _fast_pair()
-    data = os.urandom(PREALLOCATE_MAX * 2 + 12345)
-    sender = threading.Thread(target=peer.sendall, args=(data,))
-    sender.start()
-    try:
-        assert bytes(fast.recv(len(data))) == data
-    finally:
-        sender.join(10)
-        peer.close()
-        fast.socket.close()  # type: ignore[union-attr]
-
-
-def test_cached_uid_checks_give_the_same_uids_and_still_refuse_bad_ones() -> None:
+def test_cached_uid_checks_give_the_same_uids_and_still_refuse_bad_ones(caplog: pytest.LogCaptureFixture) -> None:
     from pynetdicom import pdu_items, presentation, utils
 
     cache_uid_checks()
@@ -146,7 +107,21 @@ def test_cached_uid_checks_give_the_same_uids_and_still_refuse_bad_ones() -> Non
             presentation.build_context(too_long)
         with pytest.raises(ValueError, match="Invalid 'Abstract Syntax Name' value"):
             first.abstract_syntax_name = too_long.encode("ascii")
+    # Decoded PDU items hand over UID instances: remembered too, unless they carry state.
+    plain = UID(CTImageStorage)
+    assert presentation.build_context(plain).abstract_syntax is presentation.build_context(UID(plain)).abstract_syntax
+    private = UID("1.2.3.4.5")
+    private.set_private_encoding(False, True)
+    assert presentation.build_context(private).abstract_syntax is not presentation.build_context(private).abstract_syntax
     # SOP Instance UIDs are checked each time, never kept.
     uid = "1.2.826.0.1.3680043.8.498.1"
     assert utils.set_uid(uid, "Affected SOP Instance UID") == uid
+    assert type(utils.set_uid(uid, "Affected SOP Instance UID")) is UID
     assert utils.set_uid(uid, "Affected SOP Instance UID") is not utils.set_uid(uid, "Affected SOP Instance UID")
+    # Only conformant ones skip pynetdicom's checks: it still warns about others and refuses bad ones.
+    with caplog.at_level(logging.WARNING, logger="pynetdicom"):
+        for odd in ("1.2.03", "1.2.x"):
+            assert utils.set_uid(odd, "Affected SOP Instance UID") == odd
+            assert f"Non-conformant 'Affected SOP Instance UID' value '{odd}'" in caplog.text
+    with pytest.raises(ValueError, match="Invalid 'Affected SOP Instance UID' value"):
+        utils.set_uid("1." + "2" * 63, "Affected SOP Instance UID")

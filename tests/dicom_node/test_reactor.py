@@ -1,6 +1,5 @@
 """The event-driven association loops: an idle association wakes its two threads only for the
-timers, while echo, store, release and abort are still answered at once; received P-DATA values
-are handed on as views, equal to what pynetdicom decodes."""
+timers, while echo, store, release and abort are still answered at once."""
 from __future__ import annotations
 
 import statistics
@@ -11,13 +10,11 @@ from typing import Any, Callable, Iterator
 import pytest
 from pynetdicom import AE
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import Verification
 
 from dicom_node import reactor
 from dicom_node.config import parse_config
 from dicom_node.ledger import Ledger
-from dicom_node.netfast import encode_p_data
 from dicom_node.scp import Receiver, start_receiver
 
 pytestmark = [pytest.mark.network]
@@ -97,29 +94,3 @@ def test_an_abort_ends_the_association_threads(receiver: Receiver) -> None:
         time.sleep(0.01)
     assert not receiver.state.assoc_ids, "the aborted association was never closed"
     assert not receiver.server.active_associations
-
-
-@pytest.mark.parametrize("items", [
-    [(1, b"\x03" + bytes(range(200)))],
-    [(3, b"\x00" + bytes(70_000)), (3, b"\x02" + b"tail")],
-    [(255, b"\x01\x00")],
-])
-def test_pdv_views_equal_pynetdicom_decoding(items: list[tuple[int, bytes]]) -> None:
-    pdu = bytearray(b"".join(encode_p_data(cid, value)[6:] for cid, value in items))
-    pdu[0:0] = b"\x04\x00" + len(pdu).to_bytes(4, "big")
-    decoded = P_DATA_TF()
-    decoded.decode(bytes(pdu))
-    expected = decoded.to_primitive().presentation_data_value_list
-    views = reactor.pdv_views(pdu)
-    assert views is not None
-    assert [(cid, bytes(value)) for cid, value in views] == expected == items
-
-
-@pytest.mark.parametrize("body", [
-    b"",  # no item
-    b"\x00\x00\x00\x01\x01",  # an item with a context id but no message control header
-    b"\x00\x00\x00\x09\x01\x03abc",  # item longer than the PDU
-    b"\x00\x00\x00\x03\x01\x03a\x00\x00",  # trailing bytes that are no whole item
-])
-def test_pdv_views_leave_malformed_pdus_to_pynetdicom(body: bytes) -> None:
-    assert reactor.pdv_views(bytearray(b"\x04\x00" + len(body).to_bytes(4, "big") + body)) is None
