@@ -146,8 +146,8 @@ class JournalMover:
         rows = []
         for record in records:
             entry = record.entry
-            path = self.spool.put_file(entry.study_uid, entry.series_uid, entry.sop_uid,
-                                       lambda fh, r=record: _copy_out(r, fh.fileno()), sync=False)
+            path = self.spool.put_copy(entry.study_uid, entry.series_uid, entry.sop_uid,
+                                       lambda fd, r=record: _copy_out(r, fd))
             self._unflushed.append(path)
             rows.append((entry.sop_uid, entry.study_uid, entry.series_uid, entry.sop_class_uid, path,
                          entry.assoc_id, entry.received_at))

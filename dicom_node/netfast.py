@@ -15,7 +15,8 @@ Where the time went (2-core machine, bench/receive.py; profiled with py-spy and 
 * pynetdicom deep-copies the server's supported contexts for every association, re-validating
   each UID with a regular expression: with every storage class in every transfer syntax
   (~180 x 45 UIDs) that is tens of milliseconds of GIL time per association.
-  :class:`SharedContext` makes that copy shallow (contexts are only read during negotiation).
+  :class:`SharedContexts` hands every association the same list (contexts are only read
+  during negotiation).
 * Both reactor threads of an association poll with fixed 1 ms sleeps, ~3 ms per instance:
   :mod:`dicom_node.reactor` makes them event-driven.
 * Negotiating an association turns every proposed abstract and transfer syntax into a pydicom
@@ -32,7 +33,6 @@ Where the time went (2-core machine, bench/receive.py; profiled with py-spy and 
 """
 from __future__ import annotations
 
-import copy
 import functools
 import re
 import socket
@@ -92,13 +92,15 @@ def storage_contexts() -> list[PresentationContext]:
     return [build_context(Verification)] + [build_context(uid, syntaxes) for uid in storage_uids()]
 
 
-class SharedContext(PresentationContext):
-    """A supported context whose per-association deep copy shares the (immutable) UIDs."""
+class SharedContexts(list):  # type: ignore[type-arg]
+    """The server's supported contexts, handed to every association as they are.
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> "SharedContext":
-        clone = copy.copy(self)
-        clone._transfer_syntax = list(self._transfer_syntax)
-        return clone
+    pynetdicom deep-copies them for each association; acceptor negotiation only reads them
+    (it builds new contexts for its answer), so one list serves all.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "SharedContexts":
+        return self
 
 
 def _element(tag: int, value: bytes) -> bytes:
@@ -211,12 +213,7 @@ class _RequestHandler(RequestHandler):
 def tune_server(server: ThreadedAssociationServer) -> None:
     """Apply the receive-path tuning to a started server (before its first association)."""
     cache_uid_checks()
-    shared = []
-    for cx in server.contexts:
-        clone = SharedContext()
-        clone.__dict__.update(cx.__dict__)
-        shared.append(clone)
-    server.contexts = shared
+    server.contexts = SharedContexts(server.contexts)
     server.RequestHandlerClass = _RequestHandler
     # Replies are one small PDU per instance; without TCP_NODELAY a response can wait for the
     # peer's delayed ACK (the 40 ms stalls seen with dcmtk's defaults).

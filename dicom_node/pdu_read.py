@@ -25,7 +25,7 @@ from typing import Any
 from pynetdicom.transport import AssociationSocket
 
 #: Read-ahead buffer per association on plain TCP.
-AHEAD_BYTES = 1 << 20
+AHEAD_BYTES = 256 * 1024
 #: A rest of a PDU at least this long is read straight into the PDU's buffer (``MSG_WAITALL``);
 #: a shorter one (a header, a command) through the read-ahead buffer, which may bring more.
 DIRECT_BYTES = 64 * 1024

@@ -2,13 +2,13 @@
 
 Layout under ``node.data_dir``::
 
-    tmp/<random>.part                          partial writes (removed by ``clean_tmp`` at start)
+    tmp/<random>-<n>.part                      partial writes (removed by ``clean_tmp`` at start)
     spool/<study uid>/<series uid>/<sop uid>.dcm
     journal/segment-NNN.bin                    receive journal (:mod:`dicom_node.journal`)
 
 A file only appears under ``spool/`` by ``os.replace`` from ``tmp/`` (same filesystem), so a
 reader sees the whole file or none. ``put_file`` fsyncs the file before the rename and the folder
-after it; the journal mover skips both (``sync=False``) because its instances stay in the
+after it; the journal mover skips both (``put_copy``) because its instances stay in the
 journal until one flush of the file system has made its spool files durable. No pydicom here:
 callers hand over bytes.
 
@@ -18,6 +18,7 @@ wins, as a PACS does when an instance is resent); a reader never sees a mix of b
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import re
@@ -108,6 +109,9 @@ class Spool:
         self.spool_dir = self.data_dir / SPOOL_DIR
         self.tmp_dir = self.data_dir / TMP_DIR
         self._group_sync = _GroupSync()
+        # Temporary names: random per Spool (several processes share tmp/), then a counter.
+        self._tmp_prefix = uuid.uuid4().hex[:16] + "-"
+        self._tmp_count = itertools.count()
         for path in (self.spool_dir, self.tmp_dir):
             self._makedirs(path)
 
@@ -133,7 +137,7 @@ class Spool:
             fsync_dir(folder.parent)
 
     # -- writing -------------------------------------------------------------------------
-    def put_file(self, study_uid: str, series_uid: str, sop_uid: str, data: Payload, *, sync: bool = True) -> Path:
+    def put_file(self, study_uid: str, series_uid: str, sop_uid: str, data: Payload) -> Path:
         """Store one instance durably and return its path.
 
         Parameters
@@ -143,10 +147,6 @@ class Spool:
         data : bytes, binary file object or callable
             The complete file content; a callable receives the open temporary file and writes
             into it (so large payloads need not be joined in memory first).
-        sync : bool
-            False skips both fsyncs: the file is complete and atomically renamed but survives a
-            power cut only after a later flush. For the journal mover, whose records stay in
-            the journal until it has flushed the spool.
 
         Returns
         -------
@@ -161,7 +161,7 @@ class Spool:
             The disk is full or not writable; the temporary file is removed first.
         """
         final = self.path_for(study_uid, series_uid, sop_uid)
-        tmp = self.tmp_dir / (uuid.uuid4().hex + _PART_SUFFIX)
+        tmp = self._tmp_path()
         try:
             with open(tmp, "xb") as fh:
                 if callable(data):
@@ -170,21 +170,45 @@ class Spool:
                     fh.write(data)
                 else:
                     shutil.copyfileobj(data, fh, 1 << 20)
-                if sync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            try:
-                os.replace(tmp, final)
-            except FileNotFoundError:
-                # First instance of the series (or its folder was moved away meanwhile).
-                self._makedirs(final.parent)
-                os.replace(tmp, final)
-            if sync:
-                self._group_sync.sync(final.parent)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._place(tmp, final)
+            self._group_sync.sync(final.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         return final
+
+    def put_copy(self, study_uid: str, series_uid: str, sop_uid: str, copy: Callable[[int], None]) -> Path:
+        """``put_file`` without its two fsyncs, for a payload that ``copy(fd)`` writes into the new
+        file's descriptor (the journal mover's ``copy_file_range``). The file is complete and
+        atomically renamed but survives a power cut only after a later flush of the spool. No
+        Python file object: its ``fstat``, ``isatty`` and ``lseek`` would double the system calls
+        per instance."""
+        final = self.path_for(study_uid, series_uid, sop_uid)
+        tmp = self._tmp_path()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            try:
+                copy(fd)
+            finally:
+                os.close(fd)
+            self._place(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return final
+
+    def _tmp_path(self) -> Path:
+        return self.tmp_dir / f"{self._tmp_prefix}{next(self._tmp_count)}{_PART_SUFFIX}"
+
+    def _place(self, tmp: Path, final: Path) -> None:
+        try:
+            os.replace(tmp, final)
+        except FileNotFoundError:
+            # First instance of the series (or its folder was moved away meanwhile).
+            self._makedirs(final.parent)
+            os.replace(tmp, final)
 
     # -- start-up and housekeeping ----------------------------------------------------------
     def clean_tmp(self) -> int:

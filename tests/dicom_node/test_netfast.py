@@ -1,9 +1,11 @@
 """Receive-path tuning: what the acceptor offers, and the hand-encoded C-STORE response."""
 from __future__ import annotations
 
+import copy
 import logging
 import tomllib
 from pathlib import Path
+from typing import Callable
 
 import pynetdicom
 import pytest
@@ -125,3 +127,39 @@ def test_cached_uid_checks_give_the_same_uids_and_still_refuse_bad_ones(caplog: 
             assert f"Non-conformant 'Affected SOP Instance UID' value '{odd}'" in caplog.text
     with pytest.raises(ValueError, match="Invalid 'Affected SOP Instance UID' value"):
         utils.set_uid("1." + "2" * 63, "Affected SOP Instance UID")
+
+
+@pytest.mark.network
+def test_every_association_negotiates_from_the_same_unchanged_contexts(
+        tmp_path: Path, free_port: Callable[[], int]) -> None:
+    from pynetdicom import AE, build_role
+
+    from dicom_node.config import parse_config
+    from dicom_node.ledger import Ledger
+    from dicom_node.scp import start_receiver
+
+    cfg = parse_config({"node": {"bind": "127.0.0.1", "port": free_port(), "data_dir": str(tmp_path / "var"),
+                                 "min_free_disk_gb": 0}})
+    receiver = start_receiver(cfg, Ledger(tmp_path / "var" / "ledger.sqlite3"))
+
+    def snapshot() -> list[tuple[object, ...]]:
+        return [(cx.context_id, str(cx.abstract_syntax), [str(ts) for ts in cx.transfer_syntax], cx.scu_role,
+                 cx.scp_role, cx.result) for cx in receiver.server.contexts]
+
+    try:
+        assert copy.deepcopy(receiver.server.contexts) is receiver.server.contexts
+        before = snapshot()
+        for syntaxes, chosen in (([ImplicitVRLittleEndian], ImplicitVRLittleEndian),
+                                 ([JPEG2000Lossless, ExplicitVRLittleEndian], ExplicitVRLittleEndian),
+                                 ([JPEG2000Lossless], JPEG2000Lossless)):
+            requestor = AE(ae_title="NEGOTIATE")
+            requestor.add_requested_context(CTImageStorage, syntaxes)
+            assoc = requestor.associate("127.0.0.1", receiver.port, ae_title="DURAL_AI",
+                                        ext_neg=[build_role(CTImageStorage, scu_role=True, scp_role=True)])
+            assert assoc.is_established
+            accepted = assoc.accepted_contexts
+            assert [str(cx.transfer_syntax[0]) for cx in accepted] == [chosen]
+            assoc.release()
+        assert snapshot() == before
+    finally:
+        receiver.shutdown()

@@ -87,6 +87,26 @@ def test_failing_writer_leaves_no_partial_file_and_keeps_the_old_one(tmp_path: P
     assert list(spool.tmp_dir.iterdir()) == []
 
 
+def test_put_copy_writes_through_the_descriptor_and_cleans_up_a_failed_copy(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    path = spool.put_copy(STUDY, SERIES, "1.2.3", lambda fd: os.write(fd, b"copied"))
+    assert path == spool.path_for(STUDY, SERIES, "1.2.3") and path.read_bytes() == b"copied"
+
+    def broken(fd: int) -> None:
+        os.write(fd, b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        spool.put_copy(STUDY, SERIES, "1.2.3", broken)
+    assert path.read_bytes() == b"copied" and list(spool.tmp_dir.iterdir()) == []
+
+
+def test_two_spools_on_one_folder_never_share_a_temporary_name(tmp_path: Path) -> None:
+    first, second = Spool(tmp_path), Spool(tmp_path)  # the node and a reprocessing run
+    names = {first._tmp_path().name for _ in range(3)} | {second._tmp_path().name for _ in range(3)}
+    assert len(names) == 6
+
+
 def test_clean_tmp_removes_partial_writes_only(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     (spool.tmp_dir / "abc.part").write_bytes(b"partial")
