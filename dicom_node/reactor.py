@@ -35,6 +35,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from dicom_node.pdu_read import FastSocket, pdv_views, read_pdu
+from dicom_node.store_path import StoreAssembler, StoreFunction, StoreRequest, serve
 
 _ASSOC_LOG = logging.getLogger("pynetdicom.association")
 _DUL_LOG = logging.getLogger("pynetdicom.dul")
@@ -154,9 +155,18 @@ class EventDUL(DULServiceProvider):
         values = pdv_views(pdu)
         if values is None:
             return False  # malformed: pynetdicom's decoder reports it
-        primitive = P_DATA()
-        primitive.presentation_data_value_list.extend(values)  # type: ignore[arg-type]
-        self.assoc.dimse.receive_primitive(primitive)
+        dimse = self.assoc.dimse
+        assembler = getattr(self.assoc, "store_assembler", None)
+        if assembler is None or dimse.message is not None or self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
+            primitive = P_DATA()
+            primitive.presentation_data_value_list.extend(values)  # type: ignore[arg-type]
+            dimse.receive_primitive(primitive)
+            return True
+        requests, handover = assembler.feed(values)
+        for request in requests:
+            dimse.msg_queue.put((request.context_id, request))
+        if handover is not None:
+            dimse.receive_primitive(handover)
         return True
 
     def _send(self, pdu: Any) -> None:
@@ -285,6 +295,15 @@ class EventAssociation(Association):
     """
 
     before_release: Callable[[], object] | None = None
+    #: Set on the receiver's associations: C-STORE requests bypass pynetdicom's DIMSE layer.
+    store_assembler: StoreAssembler | None = None
+    store_function: StoreFunction | None = None
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        if type(msg) is StoreRequest and self.store_function is not None:
+            serve(self, msg, self.store_function)
+            return
+        super()._serve_request(msg, context_id)
 
     def _run_reactor(self) -> None:
         # pynetdicom 3.0.4 Association._run_reactor; only time.sleep(0.001) became a wait on the

@@ -1,6 +1,6 @@
 """The DICOM receiver: C-ECHO and C-STORE SCP writing every instance durably to the spool.
 
-``handle_store`` never decodes the data set. It walks the element headers of the received
+``store_instance`` never decodes the data set. It walks the element headers of the received
 bytes (:mod:`dicom_node.wire`) for the four UIDs it needs, appends file meta + the bytes as
 received to the receive journal (:mod:`dicom_node.journal`) and answers Success once the record
 is flushed; the journal mover puts it into the spool and the ledger moments later. Without a
@@ -10,10 +10,12 @@ ledger, and only then answers Success. Every failure maps to a named status from
 and is logged; the handler never raises. Below ``node.min_free_disk_gb`` instances are refused
 with 0xA700 so that the sender retries later, and the state is visible in ``Receiver.status()``.
 
-pynetdicom's receive path is tuned in :mod:`dicom_node.netfast` (why: see there).
+pynetdicom's receive path is tuned in :mod:`dicom_node.netfast` (why: see there); C-STORE requests
+reach ``store_instance`` through :mod:`dicom_node.store_path`, other messages through pynetdicom.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import threading
@@ -115,12 +117,26 @@ def _failure(status: int, comment: str) -> Dataset:
 
 # -- event handlers (module level, dependencies bound as arguments) ---------------------------
 def handle_store(event: Event, spool: Spool, ledger: Ledger, state: ReceiverState) -> int | Dataset:
+    """EVT_C_STORE: :func:`store_instance` for a request pynetdicom decoded (associations of an
+    untuned server, and requests the store path hands over to pynetdicom)."""
+    request = event.request
+    with request.DataSet.getbuffer() as body:
+        return store_instance(event.assoc, event.context.transfer_syntax, str(request.AffectedSOPClassUID or ""),
+                              str(request.AffectedSOPInstanceUID or ""), body, spool, ledger, state)
+
+
+def store_instance(assoc: Any, syntax: str, sop_class_uid: str, sop_uid: str, body: bytes | memoryview,
+                   spool: Spool, ledger: Ledger, state: ReceiverState) -> int | Dataset:
     """Persist one C-STORE data set; answer Success only once it is on disk and in the ledger.
 
     Parameters
     ----------
-    event : pynetdicom.events.Event
-        The C-STORE request; its data set bytes are written as received, never decoded.
+    assoc : pynetdicom.association.Association
+        The association it came on (its id in ``state``, the calling AE title).
+    syntax, sop_class_uid, sop_uid : str
+        The context's transfer syntax and the request's Affected SOP Class and Instance UIDs.
+    body : bytes or memoryview
+        The data set as received; written as it is, never decoded.
     spool, ledger : Spool, Ledger
         Where the file goes and where it is recorded.
     state : ReceiverState
@@ -133,9 +149,8 @@ def handle_store(event: Event, spool: Spool, ledger: Ledger, state: ReceiverStat
         0xA900 (data set does not match the request), 0xC000 (bytes cannot be parsed, or any
         unexpected error, which is logged with its traceback).
     """
-    request = event.request
-    sop_uid = str(request.AffectedSOPInstanceUID or "").rstrip("\x00 ")
-    assoc_id = state.assoc_ids.get(event.assoc)
+    sop_uid = sop_uid.rstrip("\x00 ")
+    assoc_id = state.assoc_ids.get(assoc)
     try:
         free_gb = spool.free_gb()
         if state.journal is not None:  # journalled instances still to be copied into the spool
@@ -144,42 +159,40 @@ def handle_store(event: Event, spool: Spool, ledger: Ledger, state: ReceiverStat
             state.count("refused_low_disk")
             observed.instance_refused("low_disk", assoc_id, sop_uid, STATUS_OUT_OF_RESOURCES)
             return _failure(STATUS_OUT_OF_RESOURCES, "receiver disk nearly full; retry later")
-        syntax = event.context.transfer_syntax
-        with request.DataSet.getbuffer() as body:
-            try:
-                header = scan(body, syntax)
-            except MalformedDataset as exc:
-                state.count("failed")
-                logger.warning("refused an undecodable data set", extra={"sop": short_uid(sop_uid), "why": str(exc)})
-                observed.instance_refused("undecodable", assoc_id, sop_uid, STATUS_CANNOT_UNDERSTAND)
-                return _failure(STATUS_CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}")
-            problem = _mismatch(header, sop_uid, str(request.AffectedSOPClassUID or ""))
-            if problem:
-                state.count("failed")
-                logger.warning("refused a data set that does not match its request",
-                               extra={"sop": short_uid(sop_uid), "why": problem})
-                observed.instance_refused("mismatch", assoc_id, sop_uid, STATUS_DATASET_MISMATCH)
-                return _failure(STATUS_DATASET_MISMATCH, problem)
-            meta = file_meta(header.sop_class_uid, sop_uid, syntax, PYNETDICOM_IMPLEMENTATION_UID,
-                             PYNETDICOM_IMPLEMENTATION_VERSION, event.assoc.requestor.ae_title)
-            journal = state.journal
-            if journal is not None and journal.fits(len(meta) + len(body)):
-                journal.append(Entry(header.study_uid, header.series_uid, sop_uid, header.sop_class_uid,
-                                     assoc_id, time.time()), (meta, body))
-                state.count("stored")
-                observed.instance_stored(assoc_id, header.study_uid, header.series_uid)
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug("journalled", extra={"sop": short_uid(sop_uid)})
-                return STATUS_SUCCESS
-            if journal is not None:
-                # Too large for a segment: written directly, after any journalled copy of it.
-                journal.wait_moved(MOVER_WAIT_S)
+        try:
+            header = scan(body, syntax)
+        except MalformedDataset as exc:
+            state.count("failed")
+            logger.warning("refused an undecodable data set", extra={"sop": short_uid(sop_uid), "why": str(exc)})
+            observed.instance_refused("undecodable", assoc_id, sop_uid, STATUS_CANNOT_UNDERSTAND)
+            return _failure(STATUS_CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}")
+        problem = _mismatch(header, sop_uid, sop_class_uid)
+        if problem:
+            state.count("failed")
+            logger.warning("refused a data set that does not match its request",
+                           extra={"sop": short_uid(sop_uid), "why": problem})
+            observed.instance_refused("mismatch", assoc_id, sop_uid, STATUS_DATASET_MISMATCH)
+            return _failure(STATUS_DATASET_MISMATCH, problem)
+        meta = file_meta(header.sop_class_uid, sop_uid, syntax, PYNETDICOM_IMPLEMENTATION_UID,
+                         PYNETDICOM_IMPLEMENTATION_VERSION, assoc.requestor.ae_title)
+        journal = state.journal
+        if journal is not None and journal.fits(len(meta) + len(body)):
+            journal.append(Entry(header.study_uid, header.series_uid, sop_uid, header.sop_class_uid,
+                                 assoc_id, time.time()), (meta, body))
+            state.count("stored")
+            observed.instance_stored(assoc_id, header.study_uid, header.series_uid)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("journalled", extra={"sop": short_uid(sop_uid)})
+            return STATUS_SUCCESS
+        if journal is not None:
+            # Too large for a segment: written directly, after any journalled copy of it.
+            journal.wait_moved(MOVER_WAIT_S)
 
-            def write(fh: Any) -> None:
-                fh.write(meta)
-                fh.write(body)
+        def write(fh: Any) -> None:
+            fh.write(meta)
+            fh.write(body)
 
-            path = spool.put_file(header.study_uid, header.series_uid, sop_uid, write)
+        path = spool.put_file(header.study_uid, header.series_uid, sop_uid, write)
         with state.lock:
             ledger.record_instance(sop_uid, header.study_uid, header.series_uid, header.sop_class_uid, path,
                                    assoc_id)
@@ -322,6 +335,9 @@ def make_server(cfg: Config, spool: Spool, ledger: Ledger, state: ReceiverState 
         server = start_tls_server(ae, address, handlers, server_context(tls), cfg.node.acse_timeout_s)
     if tuned:
         netfast.tune_server(server)
+        # C-STORE requests of this server's associations bypass pynetdicom's DIMSE layer.
+        server.store_function = functools.partial(  # type: ignore[attr-defined]
+            store_instance, spool=spool, ledger=ledger, state=state)
     return server
 
 

@@ -19,8 +19,8 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import CTImageStorage
 
-from dicom_node.netfast import (PYNETDICOM_VERSION, cache_uid_checks, encode_p_data, encode_store_success,
-                                storage_contexts, transfer_syntaxes)
+from dicom_node.netfast import PYNETDICOM_VERSION, cache_uid_checks, storage_contexts, transfer_syntaxes
+from dicom_node.store_path import encode_p_data, encode_store_success
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 REMEASURE = ("dicom_node/netfast.py and dicom_node/reactor.py patch pynetdicom {measured} internals; "

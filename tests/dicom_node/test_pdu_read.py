@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pynetdicom.pdu import P_DATA_TF
 
-from dicom_node.netfast import encode_p_data
+from dicom_node.store_path import encode_p_data
 from dicom_node.pdu_read import DIRECT_BYTES, PREALLOCATE_MAX, FastSocket, pdv_views, read_pdu
 
 
