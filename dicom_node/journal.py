@@ -174,6 +174,10 @@ class Journal:
         # Appends waiting for their flush wait here alone, so that the mover's frequent moves do
         # not wake every association thread (each wake-up contends for the interpreter lock).
         self._synced = threading.Condition(lock)
+        # The mover waits here alone, woken when records arrive after a pause, when a batch is
+        # full or when somebody waits for the moves: not at every flush while it lingers.
+        self._mover_wakeup = threading.Condition(lock)
+        self._mover_batch = 1
         self._segments: list[Segment] = []
         for path in sorted(self.folder.glob("segment-*.bin")):
             fd = os.open(path, os.O_RDWR)
@@ -297,7 +301,7 @@ class Journal:
                 return active
             if active is not None:  # full: the mover recycles it once its records are moved
                 self._active = None
-                self._cond.notify_all()
+                self._mover_wakeup.notify()
             if self._free:
                 self._active = self._free.popleft()
                 continue
@@ -333,15 +337,18 @@ class Journal:
                 self._cond.acquire()
                 self._syncing = False
                 self._synced.notify_all()
-                self._cond.notify_all()  # the mover: records to take
             if failure is not None:
                 # After a failed flush the page cache no longer says what is on disk: take nothing more.
                 self._failure = f"journal flush failed: {failure}"
                 logger.error("receive journal flush failed; refusing instances until restart",
                              extra={"error": str(failure)})
+                self._cond.notify_all()  # wait_moved gives up
                 raise JournalUnavailable(failure.errno or errno.EIO, self._failure)
             self._synced_seq = batch[-1].seq if batch else self._synced_seq
+            first = not self._committed
             self._committed.extend(batch)
+            if batch and (first or len(self._committed) >= self._mover_batch or self._waiting_moved):
+                self._mover_wakeup.notify()
 
     def _check_open(self, closing_ok: bool = False) -> None:
         if self._failure is not None:
@@ -358,13 +365,14 @@ class Journal:
         less per record: one ledger transaction, fewer wake-ups).
         """
         with self._cond:
+            self._mover_batch = batch
             deadline = time.monotonic() + timeout
             while not self._committed and not self._closed and time.monotonic() < deadline:
-                self._cond.wait(deadline - time.monotonic())
+                self._mover_wakeup.wait(deadline - time.monotonic())
             deadline = time.monotonic() + linger
             while (self._committed and len(self._committed) < batch and not self._closed
                    and not self._waiting_moved and time.monotonic() < deadline):
-                self._cond.wait(deadline - time.monotonic())
+                self._mover_wakeup.wait(deadline - time.monotonic())
             taken = list(self._committed)
             self._committed.clear()
             return taken
@@ -449,7 +457,7 @@ class Journal:
         with self._cond:
             target = self._synced_seq
             self._waiting_moved += 1
-            self._cond.notify_all()  # a lingering mover moves what it has now
+            self._mover_wakeup.notify()  # a lingering mover moves what it has now
             try:
                 while self._moved_seq < target:
                     left = deadline - time.monotonic()
@@ -465,6 +473,8 @@ class Journal:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            self._mover_wakeup.notify_all()
+            self._synced.notify_all()
 
     def release(self) -> None:
         """Close the segment files (after the mover has finished)."""
