@@ -11,10 +11,11 @@ dcmtk's Nagle stalls do not distort either side) to
 * dcmtk ``storescp --fork`` (``TCP_NODELAY=1``), writing plain files, no fsync.
 
 ``--receiver`` picks the node's receive path: ``tuned`` (the default, as shipped: the receive
-journal, :mod:`dicom_node.journal`, and pynetdicom patched by :mod:`dicom_node.netfast` and
-:mod:`dicom_node.reactor`), ``direct`` (the same without the journal: each instance's spool
+journal, :mod:`dicom_node.journal`, while one association is open and direct spool writes while
+several are, with pynetdicom patched by :mod:`dicom_node.netfast` and C-STORE requests taken by
+:mod:`dicom_node.store_path`), ``direct`` (the same without the journal: each instance's spool
 file and folder fsynced and its ledger row committed before the acknowledgement) or ``stock``
-(pynetdicom as released, journal on); give it several times to measure several.
+(pynetdicom as released, its own DIMSE layer, journal on); give it several times to measure several.
 
 Cases: one association with 200 slices (512x512 CT, 526 kB each) and 8 concurrent associations
 sharing those 200 slices (8 senders x 25 slices). Each case runs ``--repeats`` times per
@@ -222,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     nodes = ["node" if r == "tuned" else f"node-{r}" for r in receivers]
     kinds = nodes + ["dcmtk"] + (["node-nofsync"] if args.diagnose_fsync else [])
-    label = {"node": "node (journal)", "node-stock": "node (stock pynetdicom)", "dcmtk": "dcmtk storescp",
-             "node-direct": "node (direct spool writes)", "node-nofsync": "node, flushes disabled (diagnostic)"}
+    label = {"node": "node (as shipped)", "node-stock": "node (stock pynetdicom)", "dcmtk": "dcmtk storescp",
+             "node-direct": "node (direct spool writes only)", "node-nofsync": "node, flushes disabled (diagnostic)"}
     times: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
     loads: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
     cpu_ms: dict[str, dict[str, list[list[float]]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
@@ -292,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps({
         "benchmark": "receive", "sender": "dcmtk storescu, TCP_NODELAY=1", "repeats": args.repeats,
         "statistic": "median wall time, first sender start to last sender exit",
-        "node": "dicom-node serve (journal: fdatasync before each acknowledgement, group commit; "
-                "direct: fsync file + folder and ledger commit per instance)",
+        "node": "dicom-node serve (as shipped: the receive journal while one association is open, fdatasync "
+                "before each acknowledgement, group commit; direct spool writes while several are; direct only: "
+                "fsync file + folder and ledger commit per instance)",
         "receivers": {k: label[k] for k in kinds},
         "dcmtk": "storescp --fork, TCP_NODELAY=1, no fsync", "machine": platform.node(),
         "processor": _cpu_model(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
