@@ -60,7 +60,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
-from dicom_node.pdu_read import MAX_PDU, FastSocket
+from dicom_node.pdu_read import MAX_PDU, FastSocket  # noqa: F401 - MAX_PDU: what scp.make_ae announces
 from dicom_node.reactor import EventAssociation, EventDUL
 from dicom_node.store_path import StoreAssembler, encode_p_data, encode_store_success
 

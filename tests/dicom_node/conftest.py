@@ -15,8 +15,10 @@ from typing import Any, Callable, Iterator
 import pytest
 import yaml
 
+from dicom_node.config import parse_config
 from dicom_node.ledger import Ledger
 from dicom_node.names import LEDGER_FILE, SPOOL_DIR, TMP_DIR
+from dicom_node.scp import Receiver, start_receiver
 from segmenter.dicom_io import make_test_series
 from tests.helpers import free_port
 
@@ -153,3 +155,14 @@ def assert_no_phi(text: str) -> None:
 def no_phi() -> Callable[[str], None]:
     """``no_phi(log_text)`` fails when any test identifier appears in it."""
     return assert_no_phi
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    """The receiver alone, in this process (``start_receiver``: journal, mover, tuned server),
+    on a free port of 127.0.0.1 with a fresh data folder."""
+    cfg = parse_config({"node": {"bind": "127.0.0.1", "port": free_port(), "data_dir": str(tmp_path / "var"),
+                                 "min_free_disk_gb": 0}})
+    started = start_receiver(cfg, Ledger(tmp_path / "var" / "ledger.sqlite3"))
+    yield started
+    started.shutdown()

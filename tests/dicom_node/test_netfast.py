@@ -5,7 +5,6 @@ import copy
 import logging
 import tomllib
 from pathlib import Path
-from typing import Callable
 
 import pynetdicom
 import pytest
@@ -20,6 +19,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import CTImageStorage
 
 from dicom_node.netfast import PYNETDICOM_VERSION, cache_uid_checks, storage_contexts, transfer_syntaxes
+from dicom_node.scp import Receiver
 from dicom_node.store_path import encode_p_data, encode_store_success
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
@@ -130,36 +130,23 @@ def test_cached_uid_checks_give_the_same_uids_and_still_refuse_bad_ones(caplog: 
 
 
 @pytest.mark.network
-def test_every_association_negotiates_from_the_same_unchanged_contexts(
-        tmp_path: Path, free_port: Callable[[], int]) -> None:
+def test_every_association_negotiates_from_the_same_unchanged_contexts(receiver: Receiver) -> None:
     from pynetdicom import AE, build_role
-
-    from dicom_node.config import parse_config
-    from dicom_node.ledger import Ledger
-    from dicom_node.scp import start_receiver
-
-    cfg = parse_config({"node": {"bind": "127.0.0.1", "port": free_port(), "data_dir": str(tmp_path / "var"),
-                                 "min_free_disk_gb": 0}})
-    receiver = start_receiver(cfg, Ledger(tmp_path / "var" / "ledger.sqlite3"))
 
     def snapshot() -> list[tuple[object, ...]]:
         return [(cx.context_id, str(cx.abstract_syntax), [str(ts) for ts in cx.transfer_syntax], cx.scu_role,
                  cx.scp_role, cx.result) for cx in receiver.server.contexts]
 
-    try:
-        assert copy.deepcopy(receiver.server.contexts) is receiver.server.contexts
-        before = snapshot()
-        for syntaxes, chosen in (([ImplicitVRLittleEndian], ImplicitVRLittleEndian),
-                                 ([JPEG2000Lossless, ExplicitVRLittleEndian], ExplicitVRLittleEndian),
-                                 ([JPEG2000Lossless], JPEG2000Lossless)):
-            requestor = AE(ae_title="NEGOTIATE")
-            requestor.add_requested_context(CTImageStorage, syntaxes)
-            assoc = requestor.associate("127.0.0.1", receiver.port, ae_title="DURAL_AI",
-                                        ext_neg=[build_role(CTImageStorage, scu_role=True, scp_role=True)])
-            assert assoc.is_established
-            accepted = assoc.accepted_contexts
-            assert [str(cx.transfer_syntax[0]) for cx in accepted] == [chosen]
-            assoc.release()
-        assert snapshot() == before
-    finally:
-        receiver.shutdown()
+    assert copy.deepcopy(receiver.server.contexts) is receiver.server.contexts
+    before = snapshot()
+    for syntaxes, chosen in (([ImplicitVRLittleEndian], ImplicitVRLittleEndian),
+                             ([JPEG2000Lossless, ExplicitVRLittleEndian], ExplicitVRLittleEndian),
+                             ([JPEG2000Lossless], JPEG2000Lossless)):
+        requestor = AE(ae_title="NEGOTIATE")
+        requestor.add_requested_context(CTImageStorage, syntaxes)
+        assoc = requestor.associate("127.0.0.1", receiver.port, ae_title="DURAL_AI",
+                                    ext_neg=[build_role(CTImageStorage, scu_role=True, scp_role=True)])
+        assert assoc.is_established
+        assert [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts] == [chosen]
+        assoc.release()
+    assert snapshot() == before

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from pynetdicom import AE
@@ -13,20 +12,9 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.sop_class import Verification
 
 from dicom_node import reactor
-from dicom_node.config import parse_config
-from dicom_node.ledger import Ledger
-from dicom_node.scp import Receiver, start_receiver
+from dicom_node.scp import Receiver
 
 pytestmark = [pytest.mark.network]
-
-
-@pytest.fixture
-def receiver(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Receiver]:
-    cfg = parse_config({"node": {"bind": "127.0.0.1", "port": free_port(), "data_dir": str(tmp_path / "var"),
-                                 "min_free_disk_gb": 0}})
-    started = start_receiver(cfg, Ledger(tmp_path / "var" / "ledger.sqlite3"))
-    yield started
-    started.shutdown()
 
 
 @pytest.fixture

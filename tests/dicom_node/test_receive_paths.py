@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pydicom
 import pytest
@@ -14,21 +14,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from dicom_node.config import parse_config
-from dicom_node.ledger import Ledger
-from dicom_node.scp import Receiver, start_receiver
+from dicom_node.scp import Receiver
 
 pytestmark = [pytest.mark.network]
 STUDY, SERIES = generate_uid(), generate_uid()
-
-
-@pytest.fixture
-def receiver(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Receiver]:
-    cfg = parse_config({"node": {"bind": "127.0.0.1", "port": free_port(), "data_dir": str(tmp_path / "var"),
-                                 "min_free_disk_gb": 0}})
-    started = start_receiver(cfg, Ledger(tmp_path / "var" / "ledger.sqlite3"))
-    yield started
-    started.shutdown()
 
 
 def _associate(receiver: Receiver, title: str) -> Any:
