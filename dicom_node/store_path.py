@@ -100,10 +100,15 @@ def read_command(raw: bytes) -> dict[int, bytes] | None:
 
 
 def _decoded_uid(raw: bytes | None) -> str | None:
+    """The UID of a command element; None when empty, not ASCII or longer than 64 characters
+    (pynetdicom refuses the message then, and so does it when handed over)."""
     if not raw:
         return None
-    text = raw.rstrip(b"\0 ").decode("ascii", "replace")
-    return text or None
+    try:
+        text = raw.rstrip(b"\0 ").decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return text if text and len(text) <= 64 else None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -192,7 +197,9 @@ class StoreAssembler:
 
 
 def serve(assoc: Any, request: StoreRequest, store: StoreFunction) -> None:
-    """Store the instance and answer the request (association thread)."""
+    """Store the instance and answer the request (association thread). When no answer can be
+    built or sent, the association is aborted, as pynetdicom does with a message it cannot
+    handle: the sender then knows the instance was not taken."""
     try:
         status = store(assoc, request.transfer_syntax, request.sop_class_uid, request.sop_instance_uid,
                        request.data_set)
@@ -201,6 +208,14 @@ def serve(assoc: Any, request: StoreRequest, store: StoreFunction) -> None:
         status = STATUS_HANDLER_ERROR
     if not assoc.is_established:
         return  # aborted or released meanwhile: nobody to answer
+    try:
+        _answer(assoc, request, status)
+    except Exception:  # noqa: BLE001 - never leave the sender waiting for an answer
+        logger.exception("cannot answer a C-STORE request; aborting the association")
+        assoc.abort()
+
+
+def _answer(assoc: Any, request: StoreRequest, status: "int | Dataset") -> None:
     if isinstance(status, int) and status == 0:
         pdv = b"\x03" + encode_store_success(request.message_id, request.sop_class_uid, request.sop_instance_uid)
         limit = assoc.dimse.maximum_pdu_size

@@ -3,6 +3,7 @@ as sent, everything it does not take handed to pynetdicom whole, and answers equ
 pynetdicom's."""
 from __future__ import annotations
 
+import struct
 from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,6 +42,14 @@ def _store_command(message_id: int = 7, sop_class: str = CTImageStorage, sop: st
     rq.MessageID, rq.AffectedSOPClassUID, rq.AffectedSOPInstanceUID, rq.Priority = message_id, sop_class, sop, 2
     rq.DataSet = BytesIO(b"x")
     return _command(rq)
+
+
+def _with_element(element: int, value: bytes) -> bytes:
+    """A C-STORE-RQ command set with one element's value replaced (no pynetdicom check on the way)."""
+    elements = read_command(_store_command())
+    assert elements is not None
+    elements[element] = value
+    return b"".join(struct.pack("<HHL", 0, tag, len(raw)) + raw for tag, raw in sorted(elements.items()))
 
 
 def _values(*items: tuple[int, int, bytes]) -> list[tuple[int, memoryview]]:
@@ -94,6 +103,8 @@ def test_other_commands_go_to_pynetdicom_whole() -> None:
     [(9, 0x03, _store_command()), (9, 0x02, b"x")],  # a context that was not accepted
     [(5, 0x03, _store_command()), (5, 0x02, b"x")],  # CT request on the MR context
     [(3, 0x03, _store_command(sop_class=Verification)), (3, 0x02, b"x")],  # not a storage class
+    [(1, 0x03, _with_element(0x1000, SOP.encode()[:-2] + b"\xc3\xa9")), (1, 0x02, b"x")],  # not ASCII
+    [(1, 0x03, _with_element(0x1000, b"1." + b"2" * 64)), (1, 0x02, b"x")],  # a UID of over 64 characters
     [(1, 0x03, _store_command()), (1, 0x00, b"x"), (5, 0x02, b"y")],  # data set moves to another context
     [(1, 0x03, _store_command()), (1, 0x00, b"x"), (1, 0x03, b"command in a data set")],
 ])
@@ -117,10 +128,14 @@ def test_a_store_request_without_a_data_set_is_handed_over() -> None:
 class _Sent:
     def __init__(self, established: bool = True, send_now_ok: bool = True) -> None:
         self.is_established = established
+        self.aborted = False
         self.pdus: list[bytes] = []
         self.messages: list[tuple[Any, int]] = []
         self.dimse = SimpleNamespace(maximum_pdu_size=16384, send_msg=lambda rsp, cid: self.messages.append((rsp, cid)))
         self.dul = SimpleNamespace(send_now=lambda pdu: send_now_ok and not self.pdus.append(pdu))
+
+    def abort(self) -> None:
+        self.aborted = True
 
 
 def _pynetdicom_response(status: int, comment: str | None = None) -> bytes:
@@ -168,6 +183,13 @@ def test_success_goes_through_pynetdicom_when_the_pdu_cannot_be_sent_directly() 
     serve(assoc, REQUEST, lambda *args: 0)
     (rsp, _), = assoc.messages
     assert rsp.Status == 0x0000
+
+
+def test_an_answer_that_cannot_be_built_aborts_the_association() -> None:
+    assoc = _Sent()
+    odd = StoreRequest(1, 7, CTImageStorage, "1." + "2" * 64, ExplicitVRLittleEndian, b"data set")
+    serve(assoc, odd, lambda *args: _failure(0xA900, "refused"))  # pynetdicom will not encode that UID
+    assert assoc.aborted and not assoc.pdus and not assoc.messages
 
 
 def test_nothing_is_sent_once_the_association_ended() -> None:
