@@ -36,6 +36,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node import netfast
 from dicom_node.config import Config
+from dicom_node.group_record import GroupRecorder
 from dicom_node.journal import Entry, Journal
 from dicom_node.journal_mover import JournalMover
 from dicom_node.ledger import Ledger
@@ -88,6 +89,8 @@ class ReceiverState:
     #: Where acknowledged instances go first (:mod:`dicom_node.journal`); None writes each
     #: straight into the spool and the ledger (fsync file and folder, then acknowledge).
     journal: Journal | None = field(default=None, repr=False)
+    #: Commits the ledger rows of directly written instances together (set by ``make_server``).
+    recorder: GroupRecorder | None = field(default=None, repr=False)
 
     def disk_checked(self, free_gb: float) -> bool:
         """Record the free space; returns True when storing may go on. Logs transitions only."""
@@ -202,10 +205,13 @@ def store_instance(assoc: Any, syntax: str, sop_class_uid: str, sop_uid: str, bo
             fh.write(body)
 
         path = spool.put_file(header.study_uid, header.series_uid, sop_uid, write)
-        with state.lock:
-            ledger.record_instance(sop_uid, header.study_uid, header.series_uid, header.sop_class_uid, path,
-                                   assoc_id)
-            state.stored += 1
+        row = (sop_uid, header.study_uid, header.series_uid, header.sop_class_uid, path, assoc_id, time.time())
+        if state.recorder is not None:
+            state.recorder.record(row)
+        else:
+            with state.lock:
+                ledger.record_instances([row])
+        state.count("stored")
         observed.instance_stored(assoc_id, header.study_uid, header.series_uid)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("stored", extra={"sop": short_uid(sop_uid), "series": short_uid(header.series_uid)})
@@ -328,6 +334,8 @@ def make_server(cfg: Config, spool: Spool, ledger: Ledger, state: ReceiverState 
     (``bench/receive.py --receiver stock``).
     """
     state = state or ReceiverState(cfg.node.min_free_disk_gb)
+    if state.recorder is None:
+        state.recorder = GroupRecorder(ledger, state.lock)
     handlers = [
         (evt.EVT_C_STORE, handle_store, [spool, ledger, state]),
         (evt.EVT_C_ECHO, handle_echo),
