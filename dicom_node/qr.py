@@ -190,8 +190,8 @@ def move_series(src: Peer, calling_ae: str, move_aet: str, study_uid: str, serie
 def get_series(src: Peer, calling_ae: str, study_uid: str, series_uid: str, on_store: Callable[..., Any],
                on_open: Callable[[Any], None] | None = None, timeout: float = 30) -> Retrieved:
     """C-GET one series; ``on_store(event)`` is the C-STORE handler for each instance (it must
-    return a status, as :func:`dicom_node.scp.handle_store` does). ``on_open(assoc)`` is called
-    once the association is up, before anything is stored."""
+    return a status, as :func:`dicom_node.receive_handlers.handle_store` does). ``on_open(assoc)``
+    is called once the association is up, before anything is stored."""
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.connection_timeout = timeout
     ae.network_timeout = ae.dimse_timeout = max(timeout, 600)

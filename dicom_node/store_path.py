@@ -41,7 +41,8 @@ C_STORE_RQ, NO_DATA_SET = 0x0001, 0x0101
 STATUS_HANDLER_ERROR = 0xC211
 
 #: ``store(assoc, transfer_syntax, sop_class_uid, sop_instance_uid, data_set) -> status``, the
-#: status being 0x0000 or a Dataset with Status and ErrorComment (:func:`dicom_node.scp.store_instance`).
+#: status being 0x0000 or a Dataset with Status and ErrorComment
+#: (:func:`dicom_node.receive_handlers.store_instance`).
 StoreFunction = Callable[[Any, str, str, str, bytes], "int | Dataset"]
 
 

@@ -257,7 +257,7 @@ class Reprocessor:
         return self._get(item, aet, timeout)
 
     def _get(self, item: ReprocessItem, aet: str, timeout: float) -> qr.Retrieved:
-        from dicom_node.scp import ReceiverState, handle_store  # pynetdicom's receive path only here
+        from dicom_node.receive_handlers import ReceiverState, handle_store  # pynetdicom's receive path only here
         from dicom_node.spool import Spool
 
         state = ReceiverState(self.cfg.node.min_free_disk_gb)

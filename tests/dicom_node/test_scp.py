@@ -28,7 +28,8 @@ from pynetdicom.sop_class import Verification
 from dicom_node.config import parse_config
 from dicom_node.ledger import Ledger
 from dicom_node.names import STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH, STATUS_OUT_OF_RESOURCES
-from dicom_node.scp import ReceiverState, handle_store, start_receiver
+from dicom_node.receive_handlers import ReceiverState, handle_store
+from dicom_node.scp import start_receiver
 from dicom_node.spool import Spool
 from dicom_node.wire import file_meta, scan
 
