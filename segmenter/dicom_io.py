@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_rescale
+from pydicom.pixels import apply_rescale, pixel_array
 from pydicom.uid import CTImageStorage, MediaStorageDirectoryStorage
 
 from segmenter import geometry
@@ -166,7 +166,9 @@ def slice_hu(ds: pydicom.Dataset, where: str = "dataset") -> np.ndarray:
         When the pixel data cannot be decoded (truncated, or no decoder for its syntax).
     """
     try:
-        stored = ds.pixel_array
+        # Not ``ds.pixel_array``: that keeps the decoded slice on the data set, which the series
+        # holds until its results are written (0.5 MiB a 512x512 slice, beside the HU volume).
+        stored = pixel_array(ds)
     except Exception as exc:  # pydicom raises many types for bad or unsupported pixel data
         raise SeriesError(f"{where}: pixel data could not be decoded: {exc}") from exc
     padding = np.zeros(stored.shape, dtype=bool)
