@@ -177,7 +177,8 @@ def store_instance(assoc: Any, syntax: str, sop_class_uid: str, sop_uid: str, bo
         meta = file_meta(header.sop_class_uid, sop_uid, syntax, PYNETDICOM_IMPLEMENTATION_UID,
                          PYNETDICOM_IMPLEMENTATION_VERSION, assoc.requestor.ae_title)
         journal = state.journal
-        if journal is not None and len(state.assoc_ids) <= JOURNAL_MAX_ASSOCIATIONS and journal.fits(len(meta) + len(body)):
+        alone = len(state.assoc_ids) <= JOURNAL_MAX_ASSOCIATIONS
+        if journal is not None and alone and journal.fits(len(meta) + len(body)):
             journal.append(Entry(header.study_uid, header.series_uid, sop_uid, header.sop_class_uid,
                                  assoc_id, time.time()), (meta, body))
             state.count("stored")
