@@ -54,7 +54,6 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
@@ -62,7 +61,7 @@ from pynetdicom.utils import make_target
 
 from dicom_node.pdu_read import MAX_PDU, FastSocket  # noqa: F401 - MAX_PDU: what scp.make_ae announces
 from dicom_node.reactor import EventAssociation, EventDUL
-from dicom_node.store_path import StoreAssembler, encode_p_data, encode_store_success
+from dicom_node.store_path import StoreAssembler, send_success_now
 
 #: The pynetdicom release whose internals :mod:`dicom_node.reactor` copies and this module
 #: subclasses, and against which the tuning was measured.
@@ -109,28 +108,16 @@ class SharedContexts(list):  # type: ignore[type-arg]
 
 
 class FastDIMSE(DIMSEServiceProvider):
-    """Hand-encodes C-STORE-RSP Success and sends it from the association thread itself
-    (:meth:`dicom_node.reactor.EventDUL.send_now`); everything else as pynetdicom does."""
+    """Sends C-STORE-RSP Success hand-encoded from the association thread itself
+    (:func:`dicom_node.store_path.send_success_now`); everything else as pynetdicom does."""
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         if (type(primitive) is C_STORE and primitive.Status == 0x0000
                 and primitive.MessageIDBeingRespondedTo is not None
-                and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
-            command = encode_store_success(int(primitive.MessageIDBeingRespondedTo),
-                                           str(primitive.AffectedSOPClassUID),
-                                           str(primitive.AffectedSOPInstanceUID))
-            limit = self.maximum_pdu_size
-            if not limit or len(command) + 6 <= limit:
-                pdv = b"\x03" + command  # message control header: command, last fragment
-                send_now = getattr(self.dul, "send_now", None)
-                if (send_now is not None and not self.assoc.get_handlers(evt.EVT_PDU_SENT)
-                        and not self.assoc.get_handlers(evt.EVT_DATA_SENT)
-                        and send_now(encode_p_data(context_id, pdv))):
-                    return
-                p_data = P_DATA()
-                p_data.presentation_data_value_list.append((context_id, pdv))
-                self.dul.send_pdu(p_data)
-                return
+                and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+                and send_success_now(self.assoc, context_id, int(primitive.MessageIDBeingRespondedTo),
+                                     str(primitive.AffectedSOPClassUID), str(primitive.AffectedSOPInstanceUID))):
+            return
         super().send_msg(primitive, context_id)
 
 

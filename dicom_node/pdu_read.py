@@ -68,20 +68,19 @@ class FastSocket(AssociationSocket):
         return True  # data, or the peer closed (the next read returns nothing)
 
     def _fill(self, flags: int = 0) -> int:
-        """One ``recv_into`` into the read-ahead buffer; the number of bytes it brought."""
+        """One ``recv_into`` into the emptied read-ahead buffer; the number of bytes it brought.
+
+        Called only once everything buffered has been handed out (``ready`` when nothing is
+        buffered, ``recv_after`` after taking all of it), so the buffer restarts at its front.
+        """
         sock = self.socket
-        assert sock is not None
+        assert sock is not None and self._start == self._end
         if self._ahead is None:
             self._ahead = bytearray(AHEAD_BYTES)
-        if self._start == self._end:
-            self._start = self._end = 0
-        elif self._end == len(self._ahead):
-            kept = self._end - self._start
-            self._ahead[:kept] = self._ahead[self._start:self._end]
-            self._start, self._end = 0, kept
-        with memoryview(self._ahead)[self._end:] as free:
+        self._start = self._end = 0
+        with memoryview(self._ahead) as free:
             n = sock.recv_into(free, len(free), flags)
-        self._end += n
+        self._end = n
         return n
 
     def _take(self, into: bytearray, at: int, wanted: int) -> int:

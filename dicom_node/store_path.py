@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from pydicom.dataset import Dataset
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
@@ -71,6 +72,20 @@ def encode_store_success(message_id: int, sop_class_uid: str, sop_instance_uid: 
 def encode_p_data(context_id: int, pdv: bytes) -> bytes:
     """A P-DATA-TF PDU carrying one presentation data value (PS3.8 9.3.5)."""
     return struct.pack(">BBLLB", 0x04, 0, 5 + len(pdv), 1 + len(pdv), context_id) + pdv
+
+
+def send_success_now(assoc: Any, context_id: int, message_id: int, sop_class_uid: str,
+                     sop_instance_uid: str) -> bool:
+    """Send a hand-encoded C-STORE-RSP Success from the calling thread
+    (:meth:`dicom_node.reactor.EventDUL.send_now`); False, with nothing sent, when it must go
+    pynetdicom's way instead: longer than the peer's maximum PDU, PDU events observed, or the
+    association not in a state to send it directly."""
+    pdv = b"\x03" + encode_store_success(message_id, sop_class_uid, sop_instance_uid)  # command, last fragment
+    limit = assoc.dimse.maximum_pdu_size
+    send_now = getattr(assoc.dul, "send_now", None)
+    return bool(send_now is not None and (not limit or len(pdv) + 6 <= limit)
+                and not assoc.get_handlers(evt.EVT_PDU_SENT) and not assoc.get_handlers(evt.EVT_DATA_SENT)
+                and send_now(encode_p_data(context_id, pdv)))
 
 
 @dataclass(frozen=True)
@@ -217,11 +232,9 @@ def serve(assoc: Any, request: StoreRequest, store: StoreFunction) -> None:
 
 
 def _answer(assoc: Any, request: StoreRequest, status: "int | Dataset") -> None:
-    if isinstance(status, int) and status == 0:
-        pdv = b"\x03" + encode_store_success(request.message_id, request.sop_class_uid, request.sop_instance_uid)
-        limit = assoc.dimse.maximum_pdu_size
-        if (not limit or len(pdv) + 6 <= limit) and assoc.dul.send_now(encode_p_data(request.context_id, pdv)):
-            return
+    if isinstance(status, int) and status == 0 and send_success_now(
+            assoc, request.context_id, request.message_id, request.sop_class_uid, request.sop_instance_uid):
+        return
     rsp = C_STORE()
     rsp.MessageIDBeingRespondedTo = request.message_id
     rsp.AffectedSOPClassUID = request.sop_class_uid

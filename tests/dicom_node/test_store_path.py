@@ -134,6 +134,9 @@ class _Sent:
         self.dimse = SimpleNamespace(maximum_pdu_size=16384, send_msg=lambda rsp, cid: self.messages.append((rsp, cid)))
         self.dul = SimpleNamespace(send_now=lambda pdu: send_now_ok and not self.pdus.append(pdu))
 
+    def get_handlers(self, event: Any) -> list[Any]:
+        return []
+
     def abort(self) -> None:
         self.aborted = True
 
