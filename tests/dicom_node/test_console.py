@@ -317,13 +317,16 @@ def test_retry_a_dead_delivery_from_the_browser(node, dcmtk, tmp_path):
     with pacs_storescp(dcmtk, storage, node.pacs_port):
         with chromium() as browser:
             from selenium.webdriver.common.by import By
+            from selenium.webdriver.support.ui import WebDriverWait
 
             log_in(browser, node.base, node.token("grace"), "/problems")
             assert browser.current_url.endswith("/problems"), browser.current_url
             row = browser.find_element(By.XPATH, "//td[contains(., 'pacs')]/..")
             assert dead["last_error"][:20] in row.text
             row.find_element(By.CSS_SELECTOR, "button.retry").click()
-            flash = browser.find_element(By.CSS_SELECTOR, ".flash").text
+            # The form posts and redirects: wait for the page it lands on, not the one clicked on.
+            flash = WebDriverWait(browser, 30).until(
+                lambda b: b.find_elements(By.CSS_SELECTOR, ".flash"))[0].text
             assert flash.startswith("1 dead delivery requeued"), flash
             assert "Quillon, Zyxwert" in browser.find_element(By.TAG_NAME, "h1").text
         sent = wait_until("the retried delivery to be sent", lambda: (d := delivery())["state"] == "sent" and d, 60)
