@@ -325,9 +325,11 @@ class EventAssociation(Association):
             if self.is_established and self.acse.is_release_requested():
                 if self.before_release is not None:
                     self.before_release()  # the receive journal's instances into the spool first
+                # Released before the answer leaves: the peer may close the connection, and the
+                # DUL thread report it (EVT_CONN_CLOSE), before this thread runs again.
+                self.is_released = True
                 self.acse.send_release(is_response=True)
                 _ASSOC_LOG.info("Association Released")
-                self.is_released = True
                 self.is_established = False
                 evt.trigger(self, evt.EVT_RELEASED, {})
                 self.kill()

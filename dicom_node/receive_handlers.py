@@ -272,7 +272,10 @@ def handle_closed(event: Event, ledger: Ledger, state: ReceiverState) -> None:
     if state.journal is not None and not state.journal.wait_moved(MOVER_WAIT_S):
         logger.warning("journal mover behind at the end of an association; its series may be re-opened",
                        extra={"assoc": assoc_id})
-    aborted = bool(event.assoc.is_aborted)
+    # Anything but an answered release: the peer's A-ABORT, a dropped connection, a timeout.
+    # (``is_aborted`` is set by the association thread, possibly after the DUL thread has
+    # reported the closed connection here; ``is_released`` is set before the release answer.)
+    aborted = not event.assoc.is_released
     try:
         with state.lock:
             ledger.close_association(assoc_id, aborted=aborted)
