@@ -23,7 +23,8 @@ from pydicom.pixels import apply_rescale, pixel_array
 from pydicom.uid import CTImageStorage, MediaStorageDirectoryStorage
 
 from segmenter import geometry
-from segmenter.hu_check import hu_problem
+from segmenter.hu_check import hu_problem, sample_stride
+from segmenter.slab_volume import SlabVolume
 from segmenter.dicom_writer import AIR_HU, make_test_series, simple_head_hu, write_ct_series
 
 __all__ = [
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 #: HU below this are not tissue or air but scanner fill outside the reconstruction circle
 #: (Siemens -2000, GE -3024); they become ``AIR_HU`` so windowing and normalisation see air.
 OUT_OF_FIELD_HU = -1024.0
+#: With a scratch folder, values larger than this stay in the file until used (pixel data).
+_DEFER_BYTES = 64 * 1024
 
 
 class SeriesError(ValueError):
@@ -60,7 +63,9 @@ class CTSeries:
     Attributes
     ----------
     volume_hu:
-        float32, shape (z, y, x); slice ``k`` comes from ``datasets[k]``.
+        float32, shape (z, y, x); slice ``k`` comes from ``datasets[k]``.  A numpy array, or a
+        ``segmenter.slab_volume.SlabVolume`` (read a slab at a time) when the series was read
+        with a ``scratch_dir``.
     spacing_mm:
         ``(dz, dy, dx)``; ``dz`` is the median distance between slice positions along the
         normal, ``(dy, dx)`` is PixelSpacing.  For volumes use ``slab_mm``: a series may have
@@ -68,7 +73,9 @@ class CTSeries:
     datasets:
         Source datasets sorted by position along the slice normal (feet to head for the
         usual axial orientation), never by InstanceNumber or file name.  Pixel data stays
-        loaded; the datasets are not modified.
+        loaded and the datasets are not modified, except when the series was read into a
+        scratch folder: then each slice's pixel data is dropped once it is decoded, and
+        ``volume_hu`` is the only copy of the pixels.
     sop_instance_uids, study_instance_uid, series_instance_uid:
         UIDs, in the same order as ``datasets``.
     orientation:
@@ -89,7 +96,7 @@ class CTSeries:
         Number of non-DICOM files ignored by :func:`read_series`.
     """
 
-    volume_hu: np.ndarray
+    volume_hu: np.ndarray | SlabVolume
     spacing_mm: tuple[float, float, float]
     datasets: list[pydicom.Dataset]
     sop_instance_uids: list[str]
@@ -101,6 +108,11 @@ class CTSeries:
     slab_mm: np.ndarray | None = None
     tilt_deg: float = 0.0
     skipped_files: int = 0
+
+    def close(self) -> None:
+        """Free the scratch file behind ``volume_hu``, if there is one."""
+        if isinstance(self.volume_hu, SlabVolume):
+            self.volume_hu.close()
 
 
 def _where(ds: pydicom.Dataset, index: int) -> str:
@@ -188,6 +200,7 @@ def datasets_to_series(
     tolerance_mm: float = geometry.POSITION_TOLERANCE_MM,
     max_tilt_deg: float = geometry.MAX_TILT_DEG,
     max_axial_angle_deg: float | None = geometry.MAX_AXIAL_ANGLE_DEG,
+    scratch_dir: str | Path | None = None,
 ) -> CTSeries:
     """Check, sort and stack single-frame CT datasets of one series.
 
@@ -198,6 +211,10 @@ def datasets_to_series(
     tolerance_mm, max_tilt_deg, max_axial_angle_deg:
         Passed to :func:`segmenter.geometry.geometry_problem`; ``max_axial_angle_deg=None``
         accepts any orientation.
+    scratch_dir:
+        When given, the HU volume goes to an unnamed scratch file in this folder (a
+        ``SlabVolume``) and each dataset's pixel data is dropped once decoded, so memory does
+        not grow with the number of slices.  None: an in-memory array, datasets untouched.
 
     Raises
     ------
@@ -231,12 +248,29 @@ def datasets_to_series(
     iop = geometry.mean_orientation(iops)
     order = geometry.sort_order(positions, iop)
     datasets = [datasets[i] for i in order]
-    volume = np.empty((len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)), np.float32)
-    for k, (i, ds) in enumerate(zip(order, datasets)):  # filled in place: no second copy of the volume
-        volume[k] = slice_hu(ds, _where(ds, i))
-    reason = hu_problem(volume)
-    if reason:
-        raise SeriesError(reason)
+    shape = (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns))
+    volume: np.ndarray | SlabVolume = np.empty(shape, np.float32) if scratch_dir is None \
+        else SlabVolume(shape, scratch_dir)
+    # hu_problem measures a strided sample; taken slice by slice it is the same sample, and
+    # the whole volume never has to be in memory for the check.
+    stride = sample_stride(*shape[1:])
+    sample = np.empty((shape[0], len(range(0, shape[1], stride)), len(range(0, shape[2], stride))), np.float32)
+    try:
+        for k, (i, ds) in enumerate(zip(order, datasets)):
+            hu = slice_hu(ds, _where(ds, i))
+            sample[k] = hu[::stride, ::stride]
+            if isinstance(volume, SlabVolume):
+                volume.write_slice(k, hu)
+                del ds.PixelData  # the scratch volume now holds this slice
+            else:
+                volume[k] = hu
+        reason = hu_problem(sample)
+        if reason:
+            raise SeriesError(reason)
+    except BaseException:
+        if isinstance(volume, SlabVolume):
+            volume.close()
+        raise
     dy, dx = (float(v) for v in datasets[0].PixelSpacing)
     first = datasets[0]
     series = CTSeries(
@@ -274,6 +308,7 @@ def read_series(
     tolerance_mm: float = geometry.POSITION_TOLERANCE_MM,
     max_tilt_deg: float = geometry.MAX_TILT_DEG,
     max_axial_angle_deg: float | None = geometry.MAX_AXIAL_ANGLE_DEG,
+    scratch_dir: str | Path | None = None,
 ) -> CTSeries:
     """Read a CT series from a folder (searched recursively) or a list of files.
 
@@ -281,8 +316,10 @@ def read_series(
     ----------
     path_or_paths:
         A folder, one file, or an iterable of files.
-    tolerance_mm, max_tilt_deg, max_axial_angle_deg:
-        As in :func:`datasets_to_series`.
+    tolerance_mm, max_tilt_deg, max_axial_angle_deg, scratch_dir:
+        As in :func:`datasets_to_series`.  With a ``scratch_dir`` the pixel data is also left
+        in the files until its slice is decoded (pydicom's deferred read), so at most one
+        slice's stored pixels are in memory at a time.
 
     Returns
     -------
@@ -298,7 +335,7 @@ def read_series(
     skipped = 0
     for path in _files(path_or_paths):
         try:
-            ds = pydicom.dcmread(path)
+            ds = pydicom.dcmread(path, defer_size=None if scratch_dir is None else _DEFER_BYTES)
         except InvalidDicomError:
             skipped += 1
             continue
@@ -312,7 +349,7 @@ def read_series(
         logger.info("skipped %d non-DICOM file(s)", skipped)
     series = datasets_to_series(
         datasets, tolerance_mm=tolerance_mm, max_tilt_deg=max_tilt_deg,
-        max_axial_angle_deg=max_axial_angle_deg,
+        max_axial_angle_deg=max_axial_angle_deg, scratch_dir=scratch_dir,
     )
     series.skipped_files = skipped
     return series

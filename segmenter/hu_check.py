@@ -29,10 +29,16 @@ MAX_IMPLAUSIBLE_SHARE = 0.01
 _SAMPLE_PX = 128
 
 
+def sample_stride(rows: int, cols: int) -> int:
+    """Pixel step of the sample ``hu_problem`` measures; a slice sampled with it keeps at least
+    ``_SAMPLE_PX`` pixels a side, so ``hu_problem`` of a stack of samples measures them all."""
+    return max(1, min(rows, cols) // _SAMPLE_PX)
+
+
 def hu_problem(volume_hu: np.ndarray) -> str | None:
     """Reason the volume does not look like a head CT in HU, or None when it does."""
     volume_hu = np.asarray(volume_hu)
-    stride = max(1, min(volume_hu.shape[-2:]) // _SAMPLE_PX)
+    stride = sample_stride(*volume_hu.shape[-2:])
     sample = volume_hu[:, ::stride, ::stride]
     if sample.size == 0:
         return "pixel data is empty"

@@ -6,6 +6,10 @@ labels lie exactly on the input grid. The network sees each slice as acquired, s
 gantry-tilted or unevenly spaced series is not resampled; ``slab_mm`` and ``positions`` carry
 its true geometry into the volumes and laterality (``predict_series`` passes them).
 
+Memory: ``predict`` runs the network, the return to the source grid and the label map a run of
+slices at a time, and the clean-up on the slices that hold bleed, so a long thin series needs
+no more working memory than a short one beyond its one-byte-a-voxel label map.
+
 Speed: ``torch.inference_mode``, channels-last memory, slices in small batches, and on CPU
 bf16 autocast when the weights' manifest records that bf16 agreed with fp32 on a held-out set
 (``bench/inference.py`` measures it).
@@ -16,7 +20,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -24,8 +28,9 @@ import torch
 from .csr_unet import CSRUNet, CSRUNetConfig
 from .findings import ModelInfo, Prediction
 from .postprocess import findings_from_label_map
-from .preprocess import head_crop, resample_hu, to_channels
-from .probabilities import labels_and_probabilities
+from .preprocess import Crop, head_crop, resample_hu, to_channels
+from .probabilities import GRID_CHUNK_SLICES, labels_from_score_chunks
+from .slab_volume import SlabVolume
 from .weights import SHIPPED_WEIGHTS, load_model, read_manifest, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -107,15 +112,41 @@ class Segmenter:
     @torch.inference_mode()
     def scores(self, volume_hu: np.ndarray) -> tuple[torch.Tensor, Any]:
         """Class logits at model scale (Z, C, S, S) and the head crop used."""
-        crop = head_crop(volume_hu)
-        small = resample_hu(volume_hu, crop, self.config.input_size)
-        x = to_channels(small, self.config.windows, self.config.context_slices)
-        outs = []
-        for i in range(0, x.shape[0], self.batch_size):
-            xb = x[i:i + self.batch_size].to(self.device).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                outs.append(self.model(xb).float().cpu())
-        return torch.cat(outs), crop
+        crop = self.crop(volume_hu)
+        return torch.cat(list(self.score_chunks(volume_hu, crop))), crop
+
+    def crop(self, volume_hu: Any) -> Crop:
+        """The box around the head that every slice is cropped to (``preprocess.head_crop``)."""
+        return head_crop(volume_hu)
+
+    def _chunk_slices(self) -> int:
+        # A whole number of batches, so the forward passes are the ones a whole volume gets.
+        return max(1, GRID_CHUNK_SLICES // self.batch_size) * self.batch_size
+
+    @torch.inference_mode()
+    def score_chunks(self, volume_hu: Any, crop: Any, clock: list[float] | None = None) -> Iterator[torch.Tensor]:
+        """Class logits (n, C, S, S) of successive runs of slices, in order.
+
+        Each run is read, cropped, resized and windowed on its own (with its 2.5D neighbours),
+        so nothing the size of the volume is made; ``volume_hu`` may be a ``SlabVolume``.
+        ``clock[0]``, when given, accumulates the seconds spent here.
+        """
+        depth, k = volume_hu.shape[0], self.config.context_slices
+        step = self._chunk_slices()
+        for z0 in range(0, depth, step):
+            t0 = time.perf_counter()
+            z1 = min(depth, z0 + step)
+            lo, hi = max(0, z0 - k), min(depth, z1 + k)
+            small = resample_hu(np.asarray(volume_hu[lo:hi]), crop, self.config.input_size)
+            x = to_channels(small, self.config.windows, k)[z0 - lo:z1 - lo]
+            outs = []
+            for i in range(0, x.shape[0], self.batch_size):
+                xb = x[i:i + self.batch_size].to(self.device).contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                    outs.append(self.model(xb).float().cpu())
+            if clock is not None:
+                clock[0] += time.perf_counter() - t0
+            yield torch.cat(outs)
 
     def predict(self, volume_hu: np.ndarray, spacing_mm: Sequence[float],
                 row_direction: Sequence[float] = (1.0, 0.0, 0.0), *, slab_mm: Sequence[float] | None = None,
@@ -141,7 +172,8 @@ class Segmenter:
         Prediction
             uint8 labels (Z, rows, cols) on the input grid, one ``Finding`` per class.
         """
-        volume_hu = np.asarray(volume_hu)
+        if not isinstance(volume_hu, SlabVolume):
+            volume_hu = np.asarray(volume_hu)
         if volume_hu.ndim != 3:
             raise ValueError(f"volume_hu must be 3-D (z, y, x); got shape {volume_hu.shape}")
         if len(spacing_mm) != 3 or min(spacing_mm) <= 0:
@@ -152,16 +184,18 @@ class Segmenter:
         if positions is not None and np.shape(positions) != (n_slices, 3):
             raise ValueError(f"positions must have shape ({n_slices}, 3); got {np.shape(positions)}")
         t0 = time.perf_counter()
-        logits, crop = self.scores(volume_hu)
-        t1 = time.perf_counter()
-        raw_labels, confidence = labels_and_probabilities(logits, crop, self.bleed_threshold)
+        crop = self.crop(volume_hu)
+        network = [0.0]
+        with torch.inference_mode():
+            raw_labels, confidence = labels_from_score_chunks(
+                self.score_chunks(volume_hu, crop, network), crop, n_slices, self.bleed_threshold)
         labels, findings, excluded = findings_from_label_map(
             raw_labels, confidence, spacing_mm, crop.left + crop.side / 2.0, row_direction, volume_hu=volume_hu,
             slab_mm=slab_mm, positions=positions)
-        t2 = time.perf_counter()
+        total = time.perf_counter() - t0
         return Prediction(labels, findings, self.info,
-                          {"network_s": round(t1 - t0, 3), "postprocess_s": round(t2 - t1, 3),
-                           "total_s": round(t2 - t0, 3)}, excluded)
+                          {"network_s": round(network[0], 3), "postprocess_s": round(total - network[0], 3),
+                           "total_s": round(total, 3)}, excluded)
 
     def predict_series(self, series: Any) -> Prediction:
         """Segment a ``segmenter.dicom_io.CTSeries`` with its true slice geometry."""

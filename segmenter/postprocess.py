@@ -269,16 +269,27 @@ def findings_from_probabilities(probs: np.ndarray, spacing_mm: Sequence[float], 
 
 
 class Confidence(Protocol):
-    def mean(self, cls_index: int, mask: np.ndarray) -> float:
-        """Mean probability of class ``cls_index`` over the voxels of ``mask``."""
+    def mean(self, cls_index: int, mask: np.ndarray, z0: int = 0) -> float:
+        """Mean probability of class ``cls_index`` over the voxels of ``mask``, which covers
+        the volume's slices from ``z0`` on."""
 
 
 class _DenseProbabilities:
     def __init__(self, probs: np.ndarray) -> None:
         self.probs = probs
 
-    def mean(self, cls_index: int, mask: np.ndarray) -> float:
-        return float(self.probs[:, cls_index][mask].mean())
+    def mean(self, cls_index: int, mask: np.ndarray, z0: int = 0) -> float:
+        return float(self.probs[z0:z0 + mask.shape[0], cls_index][mask].mean())
+
+
+class _FromSlice:
+    """A ``Confidence`` for masks that cover the slices from ``z0`` on."""
+
+    def __init__(self, whole: Confidence, z0: int) -> None:
+        self.whole, self.z0 = whole, z0
+
+    def mean(self, cls_index: int, mask: np.ndarray, z0: int = 0) -> float:
+        return self.whole.mean(cls_index, mask, self.z0 + z0)
 
 
 def findings_from_label_map(raw_labels: np.ndarray, confidence: Confidence | None, spacing_mm: Sequence[float],
@@ -287,12 +298,29 @@ def findings_from_label_map(raw_labels: np.ndarray, confidence: Confidence | Non
                             slab_mm: Sequence[float] | None = None, positions: np.ndarray | None = None,
                             ) -> tuple[np.ndarray, dict[str, Finding], list[dict[str, Any]]]:
     """:func:`findings_from_probabilities` from its label map (``label_map``) and the class
-    probabilities' means (``segmenter.probabilities.BleedProbabilities``)."""
-    labels, comps, _ = clean_labels(raw_labels, spacing_mm, slab_mm=slab_mm)
-    excluded = [] if volume_hu is None else drop_detached_edh(labels, comps, volume_hu, spacing_mm, slab_mm=slab_mm)
-    findings = findings_from_labels(labels, comps, confidence, spacing_mm, midline_col, row_direction, min_present_ml,
-                                    slab_mm=slab_mm, positions=positions)
-    return labels, findings, excluded
+    probabilities' means (``segmenter.probabilities.BleedProbabilities``).
+
+    Every step works on the run of slices that holds bleed voxels (components, distances and
+    the EDH rule never reach past it), so its memory follows the bleed's extent, not the
+    series' length; ``volume_hu`` may be anything sliced like an array along z (``SlabVolume``).
+    """
+    vml = voxel_ml(spacing_mm, slab_mm)
+    check_slices(vml, raw_labels.shape[0])
+    on = np.flatnonzero([raw_labels[k].any() for k in range(raw_labels.shape[0])])
+    # No bleed: one empty slice stands for the volume (the steps need at least one).
+    z0, z1 = (int(on[0]), int(on[-1]) + 1) if on.size else (0, min(1, raw_labels.shape[0]))
+    part = slice(z0, z1)
+    sub_slab = None if slab_mm is None else np.asarray(slab_mm)[part]
+    sub_positions = None if positions is None else np.asarray(positions)[part]
+    sub_conf = None if confidence is None else _FromSlice(confidence, z0)
+    labels, comps, _ = clean_labels(raw_labels[part], spacing_mm, slab_mm=sub_slab)
+    excluded = [] if volume_hu is None else drop_detached_edh(
+        labels, comps, np.asarray(volume_hu[part]), spacing_mm, slab_mm=sub_slab)
+    findings = findings_from_labels(labels, comps, sub_conf, spacing_mm, midline_col, row_direction, min_present_ml,
+                                    slab_mm=sub_slab, positions=sub_positions)
+    whole = np.zeros(raw_labels.shape, np.uint8)
+    whole[part] = labels
+    return whole, findings, excluded
 
 
 def findings_from_labels(labels: np.ndarray, comps: np.ndarray, confidence: Confidence | None,

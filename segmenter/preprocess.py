@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 HEAD_HU = -300.0
 #: Extra pixels kept around the head on each side, in source pixels.
 MARGIN_PX = 6
+#: Slices read at once while projecting the head for the crop box.
+_CROP_SLAB = 16
 
 
 @dataclass(frozen=True)
@@ -45,13 +47,17 @@ def window(hu: np.ndarray | torch.Tensor, level: float, width: float) -> np.ndar
     return np.clip((hu - lo) / width, 0.0, 1.0).astype(np.float32)
 
 
-def head_crop(volume_hu: np.ndarray) -> Crop:
+def head_crop(volume_hu: Any) -> Crop:
     """Square box around the largest connected head region over all slices.
+
+    ``volume_hu`` is a (z, y, x) array or anything sliced like one along z (``SlabVolume``).
 
     Falls back to the whole slice when no pixel is above ``HEAD_HU``.
     """
-    _, rows, cols = volume_hu.shape
-    proj = (volume_hu > HEAD_HU).any(axis=0)
+    depth, rows, cols = volume_hu.shape
+    proj = np.zeros((rows, cols), bool)
+    for z0 in range(0, depth, _CROP_SLAB):  # a slab at a time: the volume may be a SlabVolume
+        proj |= (np.asarray(volume_hu[z0:z0 + _CROP_SLAB]) > HEAD_HU).any(axis=0)
     if not proj.any():
         side = max(rows, cols)
         return Crop((rows - side) // 2, (cols - side) // 2, side, rows, cols)

@@ -10,6 +10,7 @@ the findings' confidence.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -30,9 +31,10 @@ class BleedProbabilities:
     index: np.ndarray
     values: dict[int, np.ndarray]
 
-    def mean(self, cls_index: int, mask: np.ndarray) -> float:
-        """Mean probability of class ``cls_index`` over ``mask`` (which must lie within the bleed voxels)."""
-        wanted = np.flatnonzero(mask)
+    def mean(self, cls_index: int, mask: np.ndarray, z0: int = 0) -> float:
+        """Mean probability of class ``cls_index`` over ``mask`` (which must lie within the bleed
+        voxels); ``mask`` covers the slices from ``z0`` on."""
+        wanted = np.flatnonzero(mask) + z0 * mask.shape[1] * mask.shape[2]
         if wanted.size == 0:
             return 0.0
         at = np.searchsorted(self.index, wanted)
@@ -46,18 +48,30 @@ def labels_and_probabilities(scores: torch.Tensor, crop: Crop, bleed_threshold: 
     """Scores (Z, C, S, S) at model scale -> uint8 labels (Z, rows, cols) on the source grid (see
     ``postprocess.label_map``) and the bleed voxels' probabilities."""
     z = scores.shape[0]
+    return labels_from_score_chunks((scores[z0:z0 + chunk] for z0 in range(0, z, chunk)), crop, z,
+                                    bleed_threshold)
+
+
+def labels_from_score_chunks(chunks: Iterable[torch.Tensor], crop: Crop, z: int,
+                             bleed_threshold: float | None = None) -> tuple[np.ndarray, BleedProbabilities]:
+    """:func:`labels_and_probabilities` from the scores of successive runs of slices, which
+    together cover all ``z`` slices in order: the scores need never exist whole."""
     labels = np.empty((z, crop.rows, crop.cols), np.uint8)
     index: list[np.ndarray] = []
     values: dict[int, list[np.ndarray]] = {c: [] for c in CLASS_NAMES}
     plane = crop.rows * crop.cols
-    for z0 in range(0, z, chunk):
-        probs = to_original_grid(scores[z0:z0 + chunk], crop).numpy()
+    z0 = 0
+    for scores in chunks:
+        probs = to_original_grid(scores, crop).numpy()
         part = label_map(probs, bleed_threshold)
         labels[z0:z0 + part.shape[0]] = part
         found = np.flatnonzero(part)
         index.append(found + z0 * plane)
         for c in CLASS_NAMES:
             values[c].append(probs[:, c].reshape(-1)[found].astype(np.float32))
+        z0 += part.shape[0]
+    if z0 != z:
+        raise ValueError(f"the score chunks cover {z0} slices; the volume has {z}")
     return labels, BleedProbabilities(np.concatenate(index) if index else np.empty(0, np.int64),
                                       {c: np.concatenate(v) if v else np.empty(0, np.float32)
                                        for c, v in values.items()})

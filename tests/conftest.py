@@ -143,6 +143,7 @@ def oracle_segmenter() -> Any:
     """The real ``Segmenter`` (pre- and post-processing, geometry) with the network replaced by a
     threshold: 60-100 HU is SDH (brain noise stays below). Its findings are what the true
     geometry makes of a known mask."""
+    import numpy as np
     import torch
 
     from segmenter.findings import ModelInfo
@@ -150,11 +151,16 @@ def oracle_segmenter() -> Any:
     from segmenter.preprocess import Crop
 
     class Oracle(Segmenter):
-        def scores(self, volume_hu):  # type: ignore[override]
-            z, rows, cols = volume_hu.shape
-            blood = torch.from_numpy((volume_hu >= 60) & (volume_hu <= 100))
-            logits = torch.zeros(z, 3, rows, cols)
-            logits[:, 0], logits[:, 1] = (~blood) * 20.0, blood * 20.0
-            return logits, Crop(0, 0, rows, rows, cols)
+        def crop(self, volume_hu):  # type: ignore[override]
+            _, rows, cols = volume_hu.shape
+            return Crop(0, 0, rows, rows, cols)
+
+        def score_chunks(self, volume_hu, crop, clock=None):  # type: ignore[override]
+            for z0 in range(0, volume_hu.shape[0], 8):
+                hu = np.asarray(volume_hu[z0:z0 + 8])
+                blood = torch.from_numpy((hu >= 60) & (hu <= 100))
+                logits = torch.zeros(hu.shape[0], 3, *hu.shape[1:])
+                logits[:, 0], logits[:, 1] = (~blood) * 20.0, blood * 20.0
+                yield logits
 
     return Oracle(None, None, ModelInfo("oracle", "0-test", "cd" * 32), torch.device("cpu"))  # type: ignore[arg-type]

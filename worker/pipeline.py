@@ -172,8 +172,10 @@ def _analyse(sources: Sequence[Path], folder: Path, cfg: Config, segmenter: Segm
     from segmenter.dicom_io import SeriesError, read_series
 
     try:
+        # The HU volume goes to an unnamed scratch file in the job folder and is read a slab at
+        # a time, so a long thin series does not need memory in proportion to its length.
         series = read_series(list(sources), max_axial_angle_deg=cfg.series.max_axial_angle_deg,
-                             tolerance_mm=cfg.series.spacing_tolerance_mm)
+                             tolerance_mm=cfg.series.spacing_tolerance_mm, scratch_dir=folder)
     except SeriesError as exc:
         run.lap("read")
         return _status(run, cfg, sources, "not_analysed", exc.reason, None)
@@ -182,6 +184,16 @@ def _analyse(sources: Sequence[Path], folder: Path, cfg: Config, segmenter: Segm
         run.lap("read")
         return _status(run, cfg, sources, "failed", _reason("reading the series failed", exc), "load")
     run.lap("read")
+    try:
+        return _analyse_read(run, sources, series, cfg, segmenter, preview, caveat)
+    finally:
+        series.close()
+
+
+def _analyse_read(run: _Run, sources: Sequence[Path], series: Any, cfg: Config, segmenter: SegmenterSource,
+                  preview: bool, caveat: str | None) -> Outcome:
+    """The stages after the series was read: model, inference, result objects."""
+    folder, rel_to = run.folder, run.rel_to
     try:
         model = segmenter() if callable(segmenter) and not hasattr(segmenter, "predict") else segmenter
     except Exception as exc:
@@ -199,7 +211,7 @@ def _analyse(sources: Sequence[Path], folder: Path, cfg: Config, segmenter: Segm
                        headers=series.datasets, model=model.info)
     run.lap("inference")
     try:
-        _build(run, series.datasets, prediction, preview, cfg, caveat)
+        _build(run, series.datasets, series.volume_hu, prediction, preview, cfg, caveat)
     except Exception as exc:
         logger.exception("building the result objects failed")
         run.files.clear()
@@ -216,19 +228,19 @@ def _analyse(sources: Sequence[Path], folder: Path, cfg: Config, segmenter: Segm
                        caveat=caveat)
 
 
-def _build(run: _Run, sources: list[pydicom.Dataset], prediction: Any, preview: bool, cfg: Config,
-           caveat: str | None = None) -> None:
+def _build(run: _Run, sources: list[pydicom.Dataset], volume_hu: Any, prediction: Any, preview: bool,
+           cfg: Config, caveat: str | None = None) -> None:
     from worker.results.keyimages import build_key_images
     from worker.results.preview import render_preview_png
     from worker.results.seg import build_seg, prepare_sources
     from worker.results.sr import build_sr
 
-    headers = prepare_sources(sources)  # once for SEG and SR (key images need the pixels)
+    headers = prepare_sources(sources)  # once for SEG and SR
     seg = build_seg(headers, prediction)
     critical = cfg.triage.critical
     sr = build_sr(headers, prediction, seg, sdh_thickness_mm=critical.sdh_thickness_mm,
                   edh_volume_ml=critical.edh_volume_ml, caveat=caveat)
-    keys = build_key_images(sources, prediction, max_images=MAX_KEY_IMAGES)
+    keys = build_key_images(sources, prediction, max_images=MAX_KEY_IMAGES, volume_hu=volume_hu)
     run.lap("build")
     if seg is not None:
         run.write("seg", "seg.dcm", seg)
@@ -240,7 +252,7 @@ def _build(run: _Run, sources: list[pydicom.Dataset], prediction: Any, preview: 
         run.write("kos", "kos.dcm", kos)
     run.lap("write")
     if preview:
-        render_preview_png(sources, prediction.labels, prediction.findings, run.folder / PREVIEW_FILE)
+        render_preview_png(volume_hu, prediction.labels, prediction.findings, run.folder / PREVIEW_FILE)
         run.lap("preview")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -63,13 +64,15 @@ def build_key_images(
     ko_series_number: int = KO_SERIES_NUMBER,
     include_source_slices: bool = True,
     max_images: int | None = None,
+    volume_hu: Any = None,
 ) -> tuple[list[hd.sc.SCImage], hd.ko.KeyObjectSelectionDocument] | None:
     """Build one SC per slice carrying a present bleed, and a KOS "Of Interest" listing them.
 
     Parameters
     ----------
     sources:
-        Source CT datasets with pixel data, sorted along the slice normal in label-volume order.
+        Source CT datasets, sorted along the slice normal in label-volume order (with pixel
+        data unless ``volume_hu`` is given).
     prediction:
         Label volume and findings; only classes whose finding is present are drawn.
     sc_series_number, ko_series_number:
@@ -78,6 +81,9 @@ def build_key_images(
         Also list the original CT slices behind each SC in the KOS, so a viewer can jump to them.
     max_images:
         At most this many SCs (the slices with the largest bleed area); ``None`` for all.
+    volume_hu:
+        The series' HU volume (an array or a ``SlabVolume``), when the sources no longer hold
+        their pixel data; None: each drawn slice is decoded from its source.
 
     Returns
     -------
@@ -106,7 +112,8 @@ def build_key_images(
     images: list[hd.sc.SCImage] = []
     for index, k in enumerate(slices):
         on_slice = [name for label, name in drawn.items() if np.any(labels[k] == label)]
-        rgb = overlay_rgb(slice_hu(sources[k], f"sources[{k}]"), labels[k], drawn, scale=scale)
+        hu = slice_hu(sources[k], f"sources[{k}]") if volume_hu is None else np.asarray(volume_hu[k])
+        rgb = overlay_rgb(hu, labels[k], drawn, scale=scale)
         rgb = burn_in_text(rgb, [(BANNER, (255, 255, 255))] + [(name, CLASS_RGB[name]) for name in on_slice])
         row_mm, col_mm = (float(v) / scale for v in headers[k].PixelSpacing)
         sc = hd.sc.SCImage.from_ref_dataset(

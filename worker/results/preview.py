@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dicom_node.atomic import write_atomic
 from segmenter.dicom_io import slice_hu
+from segmenter.slab_volume import SlabVolume
 from segmenter.findings import CLASS_NAMES, Finding
 
 __all__ = [
@@ -38,10 +39,13 @@ _MIN_SIDE = 256
 class _Slices:
     """HU slices of a volume or of datasets, decoded only when asked for (a preview shows 3)."""
 
-    def __init__(self, sources_or_volume: Sequence[pydicom.Dataset] | np.ndarray) -> None:
-        self.volume: np.ndarray | None = None
+    def __init__(self, sources_or_volume: Sequence[pydicom.Dataset] | np.ndarray | SlabVolume) -> None:
+        self.volume: np.ndarray | SlabVolume | None = None
         self.datasets: Sequence[pydicom.Dataset] = ()
-        if isinstance(sources_or_volume, np.ndarray):
+        if isinstance(sources_or_volume, SlabVolume):
+            self.volume = sources_or_volume
+            self.shape = sources_or_volume.shape
+        elif isinstance(sources_or_volume, np.ndarray):
             if sources_or_volume.ndim != 3:
                 raise ValueError(
                     f"sources_or_volume must be a (z, y, x) HU volume; got shape {sources_or_volume.shape}")
@@ -167,7 +171,7 @@ def _legend(findings: Mapping[str, Finding]) -> list[tuple[str, tuple[int, int, 
 
 
 def render_preview_png(
-    sources_or_volume: Sequence[pydicom.Dataset] | np.ndarray,
+    sources_or_volume: Sequence[pydicom.Dataset] | np.ndarray | SlabVolume,
     labels: np.ndarray,
     findings: Mapping[str, Finding],
     path: str | os.PathLike[str],
@@ -179,7 +183,8 @@ def render_preview_png(
     Parameters
     ----------
     sources_or_volume:
-        Sorted source datasets (pixel data needed) or a (z, y, x) HU volume.
+        Sorted source datasets (pixel data needed) or a (z, y, x) HU volume (an array or a
+        ``SlabVolume``).
     labels:
         Label volume of the same shape (0 background, 1 SDH, 2 EDH).
     findings:
