@@ -60,7 +60,8 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from pynetdicom.utils import make_target
 
 from dicom_node.pdu_read import MAX_PDU, FastSocket  # noqa: F401 - MAX_PDU: what scp.make_ae announces
-from dicom_node.reactor import EventAssociation, EventDUL
+from dicom_node.reactor import EventDUL
+from dicom_node.reactor_association import EventAssociation
 from dicom_node.store_path import StoreAssembler, send_success_now
 
 #: The pynetdicom release whose internals :mod:`dicom_node.reactor` copies and this module

@@ -15,7 +15,9 @@ outside the DUL thread, the order to stop), so both loops otherwise wake only ev
 Polling every millisecond, as pynetdicom does, cost ~3.5% of a core per open association even
 when idle, and the interpreter lock with it: 28% of a core for 8 idle associations.
 
-:func:`dicom_node.netfast.tune_server` installs them on each new association of the receiver.
+:class:`EventDUL` is here, :class:`~dicom_node.reactor_association.EventAssociation` in its own
+module; :func:`dicom_node.netfast.tune_server` installs them on each new association of the
+receiver.
 """
 from __future__ import annotations
 
@@ -28,16 +30,13 @@ import queue
 from typing import Any, Callable, cast
 
 from pynetdicom import evt
-from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from dicom_node.pdu_read import FastSocket, pdv_views, read_pdu
-from dicom_node.store_path import StoreAssembler, StoreFunction, StoreRequest, serve
 
-_ASSOC_LOG = logging.getLogger("pynetdicom.association")
 _DUL_LOG = logging.getLogger("pynetdicom.dul")
 
 #: Seconds either loop waits at most when nothing wakes it (pynetdicom's timers, see above).
@@ -286,73 +285,3 @@ class EventDUL(DULServiceProvider):
         self.assoc.is_established = False
         self.assoc._kill = True
         self._kill_thread = True
-
-
-class EventAssociation(Association):
-    """pynetdicom's acceptor loop, woken by a complete DIMSE message instead of a fixed sleep.
-
-    ``before_release``, when set, runs before the A-RELEASE response is sent.
-    """
-
-    before_release: Callable[[], object] | None = None
-    #: Set on the receiver's associations: C-STORE requests bypass pynetdicom's DIMSE layer.
-    store_assembler: StoreAssembler | None = None
-    store_function: StoreFunction | None = None
-
-    def _serve_request(self, msg: Any, context_id: int) -> None:
-        if type(msg) is StoreRequest and self.store_function is not None:
-            serve(self, msg, self.store_function)
-            return
-        super()._serve_request(msg, context_id)
-
-    def _run_reactor(self) -> None:
-        # pynetdicom 3.0.4 Association._run_reactor; only time.sleep(0.001) became a wait on the
-        # message queue, which the DUL also signals when it queues a primitive for us.
-        self._is_paused = False
-        messages = self.dimse.msg_queue
-        while not self._kill:
-            with messages.not_empty:
-                if not messages._qsize():
-                    # A primitive queued just before we looked (A-RELEASE, A-ABORT) already signalled:
-                    # look again soon, as pynetdicom does, rather than after a whole tick.
-                    messages.not_empty.wait(0.001 if self.dul.to_user_queue.qsize() else TIMER_TICK_S)
-            self._is_paused = True
-            self._reactor_checkpoint.wait()
-            self._is_paused = False
-            context_id, msg = self.dimse.get_msg(block=False)
-            if msg:
-                self._serve_request(msg, cast(int, context_id))
-            if self.is_established and self.acse.is_release_requested():
-                if self.before_release is not None:
-                    self.before_release()  # the receive journal's instances into the spool first
-                # Released before the answer leaves: the peer may close the connection, and the
-                # DUL thread report it (EVT_CONN_CLOSE), before this thread runs again.
-                self.is_released = True
-                self.acse.send_release(is_response=True)
-                _ASSOC_LOG.info("Association Released")
-                self.is_established = False
-                evt.trigger(self, evt.EVT_RELEASED, {})
-                self.kill()
-                return
-            if self.acse.is_aborted():
-                _ASSOC_LOG.info("Association Aborted" + (" (A-P-ABORT)" if self.acse.is_aborted("a-p-abort") else ""))
-                self.dul.receive_pdu(wait=False)
-                self.is_aborted = True
-                self.is_established = False
-                evt.trigger(self, evt.EVT_ABORTED, {})
-                self.kill()
-                return
-            if not self.dul.is_alive():
-                self.kill()
-                return
-            if self.dul.idle_timer_expired():
-                _ASSOC_LOG.error("Network timeout reached")
-                if self.network_timeout_response == "A-RELEASE":
-                    self._is_paused = True
-                    self._reactor_checkpoint.wait()
-                    self.release()
-                    self._is_paused = False
-                else:
-                    self.abort()
-                self.kill()
-                return

@@ -12,6 +12,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.sop_class import Verification
 
 from dicom_node import reactor
+from dicom_node.reactor_association import EventAssociation
 from dicom_node.scp import Receiver
 
 pytestmark = [pytest.mark.network]
@@ -28,7 +29,7 @@ def wakeups(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         dul_wait(self, delay)
 
     def counting_get_msg(self: Any, block: bool = False) -> Any:
-        if isinstance(self.assoc, reactor.EventAssociation):  # not the test's own (stock) requestor
+        if isinstance(self.assoc, EventAssociation):  # not the test's own (stock) requestor
             counts["association"] += 1
         return get_msg(self, block)
 
