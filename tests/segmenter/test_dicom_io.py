@@ -179,17 +179,18 @@ def test_tiny_orientation_noise_is_tolerated(tmp_path):
     assert series.orientation == pytest.approx((1, 0, 0, 0, 1, 0), abs=1e-3)
 
 
+@pytest.mark.parametrize("into", ["memory", "scratch file"])
 @pytest.mark.parametrize("signed", [True, False])
-def test_jpeg_lossless_from_dcmtk_decodes(tmp_path, signed, dcmtk):
+def test_jpeg_lossless_from_dcmtk_decodes(tmp_path, signed, into, dcmtk):
     vol = volume(n=3)
     paths = write_ct_series(vol, SPACING, tmp_path / "raw", signed=signed, bits_stored=12)
     out = tmp_path / "jpeg"
     out.mkdir()
     for path in paths:
         subprocess.run([dcmtk("dcmcjpeg"), "+e1", str(path), str(out / path.name)], check=True, capture_output=True)
-    series = read_series(out)
+    series = read_series(out, scratch_dir=tmp_path if into == "scratch file" else None)
     assert series.datasets[0].file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
-    np.testing.assert_array_equal(series.volume_hu, vol)
+    np.testing.assert_array_equal(np.asarray(series.volume_hu), vol)
 
 
 def _write_two_sizes(folder: Path) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -75,17 +74,6 @@ def test_series_read_into_scratch_equals_series_read_into_memory(tmp_path: Path,
     assert all("PixelData" in ds for ds in in_memory.datasets)
     streamed.close()
     assert list(scratch.iterdir()) == []
-
-
-def test_dcmtk_jpeg_series_reads_into_scratch(tmp_path: Path, dcmtk) -> None:
-    vol = volume(n=3)
-    paths = write_ct_series(vol, SPACING, tmp_path / "raw", signed=True, bits_stored=12)
-    out = tmp_path / "jpeg"
-    out.mkdir()
-    for path in paths:
-        subprocess.run([dcmtk("dcmcjpeg"), "+e1", str(path), str(out / path.name)], check=True, capture_output=True)
-    series = read_series(out, scratch_dir=tmp_path)
-    np.testing.assert_array_equal(np.asarray(series.volume_hu), vol)
 
 
 def test_refused_series_gives_the_same_reason_and_frees_its_scratch(tmp_path: Path) -> None:
