@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dicom_node.atomic import write_atomic
 from segmenter.dicom_io import slice_hu
-from segmenter.slab_volume import SlabVolume
 from segmenter.findings import CLASS_NAMES, Finding
+from segmenter.slab_volume import SlabVolume
 
 __all__ = [
     "BANNER", "BRAIN_WINDOW", "CLASS_RGB", "burn_in_text", "overlay_rgb", "render_preview_png", "upscale_factor",
