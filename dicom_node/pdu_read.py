@@ -127,8 +127,9 @@ def _plain(sock: socket.socket | None) -> bool:
 
 
 def read_pdu(sock: FastSocket) -> tuple[str, Any]:
-    """The next PDU, whole: ``("pdu", bytearray)``, or ``("closed", None)`` when the connection
-    ended first, or ``("unknown", type)`` for a PDU type PS3.8 does not define.
+    """The next PDU, whole: ``("pdu", bytearray)``; ``("closed", None)`` when the connection
+    ended before a header, ``("short", (got, expected))`` when it ended inside the PDU, or
+    ``("unknown", type)`` for a PDU type PS3.8 does not define.
 
     Raises ``OSError`` as the socket does.
     """

@@ -250,13 +250,13 @@ def called_ae_title(event: Event) -> str:
 def handle_accepted(event: Event, ledger: Ledger, state: ReceiverState) -> None:
     assoc_id = uuid.uuid4().hex
     state.assoc_ids[event.assoc] = assoc_id
-    calling = event.assoc.requestor.ae_title
+    calling, called = event.assoc.requestor.ae_title, called_ae_title(event)
     try:
         with state.lock:
-            ledger.open_association(assoc_id, calling, called_ae=called_ae_title(event))
+            ledger.open_association(assoc_id, calling, called_ae=called)
     except Exception:  # noqa: BLE001 - the association itself can go on; instances carry the id
         logger.exception("cannot record an association in the ledger", extra={"assoc": assoc_id})
-    observed.association_opened(assoc_id, calling, called_ae_title(event),
+    observed.association_opened(assoc_id, calling, called,
                                 f"{event.assoc.requestor.address}:{event.assoc.requestor.port}")
     extra = {"assoc": assoc_id, "calling_ae": calling, "peer": event.assoc.requestor.address}
     sock = getattr(event.assoc.dul.socket, "socket", None)

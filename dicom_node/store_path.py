@@ -37,7 +37,9 @@ _US = struct.Struct("<H")
 #: Command set elements of a C-STORE-RQ (PS3.7 9.3.1.1) that the store path reads.
 AFFECTED_SOP_CLASS_UID, COMMAND_FIELD, MESSAGE_ID = 0x00000002, 0x00000100, 0x00000110
 DATA_SET_TYPE, AFFECTED_SOP_INSTANCE_UID = 0x00000800, 0x00001000
-C_STORE_RQ, NO_DATA_SET = 0x0001, 0x0101
+#: ... and those its C-STORE-RSP adds (PS3.7 9.3.1.2).
+COMMAND_GROUP_LENGTH, MESSAGE_ID_BEING_RESPONDED_TO, STATUS = 0x00000000, 0x00000120, 0x00000900
+C_STORE_RQ, C_STORE_RSP, NO_DATA_SET = 0x0001, 0x8001, 0x0101
 #: Status an exception in the store function answers (pynetdicom's for a failing handler).
 STATUS_HANDLER_ERROR = 0xC211
 
@@ -48,7 +50,7 @@ StoreFunction = Callable[[Any, str, str, str, bytes], "int | Dataset"]
 
 
 def _element(tag: int, value: bytes) -> bytes:
-    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
+    return _ELEMENT.pack(tag >> 16, tag & 0xFFFF, len(value)) + value
 
 
 def _encoded_uid(value: str) -> bytes:
@@ -59,14 +61,14 @@ def _encoded_uid(value: str) -> bytes:
 def encode_store_success(message_id: int, sop_class_uid: str, sop_instance_uid: str) -> bytes:
     """The command set of a C-STORE-RSP with status Success (implicit VR little endian)."""
     body = b"".join((
-        _element(0x00000002, _encoded_uid(sop_class_uid)),
-        _element(0x00000100, struct.pack("<H", 0x8001)),
-        _element(0x00000120, struct.pack("<H", message_id)),
-        _element(0x00000800, struct.pack("<H", 0x0101)),
-        _element(0x00000900, struct.pack("<H", 0x0000)),
-        _element(0x00001000, _encoded_uid(sop_instance_uid)),
+        _element(AFFECTED_SOP_CLASS_UID, _encoded_uid(sop_class_uid)),
+        _element(COMMAND_FIELD, _US.pack(C_STORE_RSP)),
+        _element(MESSAGE_ID_BEING_RESPONDED_TO, _US.pack(message_id)),
+        _element(DATA_SET_TYPE, _US.pack(NO_DATA_SET)),
+        _element(STATUS, _US.pack(0x0000)),
+        _element(AFFECTED_SOP_INSTANCE_UID, _encoded_uid(sop_instance_uid)),
     ))
-    return _element(0x00000000, struct.pack("<L", len(body))) + body
+    return _element(COMMAND_GROUP_LENGTH, struct.pack("<L", len(body))) + body
 
 
 def encode_p_data(context_id: int, pdv: bytes) -> bytes:

@@ -306,7 +306,7 @@ def findings_from_label_map(raw_labels: np.ndarray, confidence: Confidence | Non
     """
     vml = voxel_ml(spacing_mm, slab_mm)
     check_slices(vml, raw_labels.shape[0])
-    on = np.flatnonzero([raw_labels[k].any() for k in range(raw_labels.shape[0])])
+    on = np.flatnonzero(raw_labels.reshape(raw_labels.shape[0], -1).any(axis=1))
     # No bleed: one empty slice stands for the volume (the steps need at least one).
     z0, z1 = (int(on[0]), int(on[-1]) + 1) if on.size else (0, min(1, raw_labels.shape[0]))
     part = slice(z0, z1)
