@@ -15,14 +15,16 @@ journal, :mod:`dicom_node.journal`, while one association is open and direct spo
 several are, with pynetdicom patched by :mod:`dicom_node.netfast` and C-STORE requests taken by
 :mod:`dicom_node.store_path`), ``direct`` (the same without the journal: each instance's spool
 file and folder fsynced and its ledger row committed before the acknowledgement) or ``stock``
-(pynetdicom as released, its own DIMSE layer, journal on); give it several times to measure several.
+(pynetdicom as released, its own DIMSE layer, journal on) or ``processes`` (as shipped, with
+``node.receive_processes: 2``, :mod:`dicom_node.receive_pool`: concurrent associations spread
+over the node's process and a helper); give it several times to measure several.
 
 Cases: one association with 200 slices (512x512 CT, 526 kB each) and 8 concurrent associations
 sharing those 200 slices (8 senders x 25 slices). Each case runs ``--repeats`` times per
 receiver, interleaved (every receiver once, then the next repeat) so that all see the same
 machine load; the median wall time (first sender started to last sender finished) gives
 images/s. Prints a markdown table and writes JSON, with the 1-minute load average before every
-run, and the node process's user and system CPU time per instance during each run. Before
+run, and the node's user and system CPU time per instance during each run (all its processes). Before
 each repeat a probe times what every acknowledgement of the node waits for on this
 disk at that moment: 526 kB written into a zero-filled file, then ``fdatasync`` (median of 50).
 Each node starts on a fresh data folder whose receive journal already has the segments a node
@@ -94,6 +96,15 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise SystemExit(f"receiver did not listen on {port} within {timeout} s")
 
 
+def wait_helpers(log: Path, count: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the node's ``count`` helper receive processes have said they are ready."""
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count("receive process ready") < count:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the node's {count} receive processes did not start (see {log})")
+        time.sleep(0.1)
+
+
 def make_series(work: Path) -> dict[str, Path]:
     from segmenter.dicom_io import make_test_series
 
@@ -112,7 +123,7 @@ def make_series(work: Path) -> dict[str, Path]:
 
 
 class Receiver:
-    def __init__(self, kind: str, work: Path, warm_journal: bool = True) -> None:
+    def __init__(self, kind: str, work: Path, warm_journal: bool = True, processes: int = 2) -> None:
         self.kind, self.port = kind, free_port()
         self.root = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=work))
         log = open(self.root / "receiver.log", "wb")
@@ -123,6 +134,8 @@ class Receiver:
                                "min_free_disk_gb": 1, "max_associations": 16},
                       "series": {"quiet_seconds": 3600, "min_slices": 100000},
                       "queue": {"broker_url": f"redis://127.0.0.1:{free_port()}/0"}, "http": {"enabled": False}}
+            helpers = processes - 1 if kind == "node-processes" else 0
+            config["node"]["receive_processes"] = helpers + 1
             (self.root / "config.yaml").write_text(yaml.safe_dump(config))
             if warm_journal and kind != "node-direct":
                 # The journal at the size it keeps after a node's first bursts (segments stay
@@ -149,6 +162,8 @@ class Receiver:
         self.proc = subprocess.Popen(argv, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         wait_port(self.port, self.proc)
+        if kind.startswith("node"):
+            wait_helpers(self.root / "receiver.log", helpers, self.proc)
 
     def received(self) -> int:
         return sum(1 for p in self.out.rglob("*") if p.is_file())
@@ -205,10 +220,12 @@ def run_case(receiver: Receiver, folders: list[Path], expected: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--receiver", action="append", choices=["tuned", "direct", "stock"],
+    parser.add_argument("--receiver", action="append", choices=["tuned", "direct", "stock", "processes"],
                         help="the node's receive path; repeat to measure several (default: tuned)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dural-bench-receive",
                         help="series cache and receiver folders (same disk as a real data_dir)")
+    parser.add_argument("--receive-processes", type=int, default=2,
+                        help="node.receive_processes of the 'processes' receiver (default 2)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "receive.json")
     parser.add_argument("--cold-journal", action="store_true",
                         help="start each node with the single journal segment of a new data folder (its first "
@@ -224,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     nodes = ["node" if r == "tuned" else f"node-{r}" for r in receivers]
     kinds = nodes + ["dcmtk"] + (["node-nofsync"] if args.diagnose_fsync else [])
     label = {"node": "node (as shipped)", "node-stock": "node (stock pynetdicom)", "dcmtk": "dcmtk storescp",
-             "node-direct": "node (direct spool writes only)", "node-nofsync": "node, flushes disabled (diagnostic)"}
+             "node-direct": "node (direct spool writes only)",
+             "node-processes": f"node (receive_processes: {args.receive_processes})", "node-nofsync": "node, flushes disabled (diagnostic)"}
     times: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
     loads: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
     cpu_ms: dict[str, dict[str, list[list[float]]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
@@ -236,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             folders = sorted(dirs[key].iterdir()) if senders > 1 else [dirs[key]]
             for kind in kinds:
                 loads[name][kind].append(round(os.getloadavg()[0], 2))
-                receiver = Receiver(kind, args.work, warm_journal=not args.cold_journal)
+                receiver = Receiver(kind, args.work, warm_journal=not args.cold_journal,
+                                    processes=args.receive_processes)
                 try:
                     before = cpu_seconds(receiver.proc.pid)
                     seconds = run_case(receiver, folders, count)
@@ -308,10 +327,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of ``pid`` so far (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User and system CPU seconds so far of the processes in ``pid``'s process group
+    (``/proc/<pid>/stat``): the node and its helper receive processes."""
     tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    user = system = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[2]) == pid:  # process group id
+            user, system = user + int(fields[11]) / tick, system + int(fields[12]) / tick
+    return user, system
 
 
 def _cpu_model() -> str:

@@ -53,6 +53,8 @@ class NodeConfig(_Strict):
     data_dir: Path = Path("var")
     min_free_disk_gb: float = Field(default=2.0, ge=0)
     max_associations: int = Field(default=16, ge=1, le=1000)
+    #: Processes that serve concurrent associations (``dicom_node.receive_pool``); 1: the node's own only.
+    receive_processes: int = Field(default=1, ge=1, le=64)
     acse_timeout_s: float = Field(default=30, gt=0)
     dimse_timeout_s: float = Field(default=60, gt=0)
     network_timeout_s: float = Field(default=60, gt=0)

@@ -179,6 +179,7 @@ class _RequestHandler(RequestHandler):
         sock = assoc.dul.socket
         if type(sock) is AssociationSocket:
             sock.__class__ = FastSocket
+        self.assoc = assoc  # the connection's request thread waits for it (counting_server)
         return assoc
 
 

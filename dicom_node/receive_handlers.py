@@ -81,6 +81,8 @@ class ReceiverState:
     journal: Journal | None = field(default=None, repr=False)
     #: Commits the ledger rows of directly written instances together (set by ``make_server``).
     recorder: GroupRecorder | None = field(default=None, repr=False)
+    #: Connections other receive processes hold (:mod:`dicom_node.receive_pool`).
+    remote_open: Callable[[], int] = field(default=lambda: 0, repr=False)
 
     def disk_checked(self, free_gb: float) -> bool:
         """Record the free space; returns True when storing may go on. Logs transitions only."""
@@ -104,7 +106,7 @@ class ReceiverState:
         return {"low_disk": self.low_disk, "free_gb": None if self.free_gb is None else round(self.free_gb, 2),
                 "min_free_gb": self.min_free_gb, "stored": self.stored,
                 "refused_low_disk": self.refused_low_disk, "failed": self.failed,
-                "open_associations": len(self.assoc_ids)}
+                "open_associations": len(self.assoc_ids) + self.remote_open()}
 
 
 def _failure(status: int, comment: str) -> Dataset:
@@ -177,7 +179,7 @@ def store_instance(assoc: Any, syntax: str, sop_class_uid: str, sop_uid: str, bo
         meta = file_meta(header.sop_class_uid, sop_uid, syntax, PYNETDICOM_IMPLEMENTATION_UID,
                          PYNETDICOM_IMPLEMENTATION_VERSION, assoc.requestor.ae_title)
         journal = state.journal
-        alone = len(state.assoc_ids) <= JOURNAL_MAX_ASSOCIATIONS
+        alone = len(state.assoc_ids) + state.remote_open() <= JOURNAL_MAX_ASSOCIATIONS
         if journal is not None and alone and journal.fits(len(meta) + len(body)):
             journal.append(Entry(header.study_uid, header.series_uid, sop_uid, header.sop_class_uid,
                                  assoc_id, time.time()), (meta, body))

@@ -16,20 +16,22 @@ from typing import Any, Callable
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom import AE, evt
-from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node import netfast
 from dicom_node.config import Config
+from dicom_node.counting_server import CountingServer, start_server
 from dicom_node.group_record import GroupRecorder
 from dicom_node.journal import Journal
 from dicom_node.journal_mover import JournalMover
 from dicom_node.ledger import Ledger
 from dicom_node.names import JOURNAL_DIR
+from dicom_node.receive_helper import HandedServer
+from dicom_node.receive_pool import ReceivePool
 from dicom_node.receive_handlers import (MOVER_WAIT_S, ReceiverState, handle_accepted, handle_closed, handle_echo,
                                          handle_rejected, handle_store, store_instance)
 from dicom_node.spool import Spool
 from dicom_node.tls import server_context
-from dicom_node.tls_server import start_tls_server
+from dicom_node.tls_server import TlsAssociationServer, start_tls_server
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,22 @@ JOURNAL_DISK_MARGIN = 64 * 1024 * 1024
 
 
 # -- building and starting ----------------------------------------------------------------------
+class NodeAE(AE):
+    """The acceptor AE; its ``maximum_associations`` leaves room for the associations other
+    receive processes hold (:mod:`dicom_node.receive_pool`), so that ``node.max_associations``
+    counts them all. pynetdicom reads it only when deciding whether to reject an association."""
+
+    others: Callable[[], int] = staticmethod(lambda: 0)
+
+    @property  # type: ignore[override]
+    def maximum_associations(self) -> int:
+        return int(self._maximum_associations) - self.others()
+
+    @maximum_associations.setter
+    def maximum_associations(self, value: int) -> None:
+        AE.maximum_associations.fset(self, value)  # type: ignore[attr-defined]
+
+
 def make_ae(cfg: Config) -> AE:
     """The acceptor AE: every storage SOP class in every transfer syntax, limits from config."""
     node = cfg.node
@@ -45,7 +63,7 @@ def make_ae(cfg: Config) -> AE:
         # pynetdicom's standard handlers format every PDU and DIMSE message for its debug log
         # (~0.2 ms per instance) even when nothing would be printed.
         pynetdicom_config.LOG_HANDLER_LEVEL = "none"
-    ae = AE(ae_title=node.ae_title)
+    ae = NodeAE(ae_title=node.ae_title)
     ae.supported_contexts = netfast.storage_contexts()
     ae.maximum_associations = node.max_associations
     ae.acse_timeout = node.acse_timeout_s
@@ -56,9 +74,27 @@ def make_ae(cfg: Config) -> AE:
     return ae
 
 
+def server_handlers(cfg: Config, spool: Spool, ledger: Ledger, state: ReceiverState) -> list[Any]:
+    """The receiver's event handlers, bound to its spool, ledger and state."""
+    return [
+        (evt.EVT_C_STORE, handle_store, [spool, ledger, state]),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_ACCEPTED, handle_accepted, [ledger, state]),
+        (evt.EVT_CONN_CLOSE, handle_closed, [ledger, state]),
+        (evt.EVT_REJECTED, handle_rejected, [list(cfg.node.allowed_calling_aets), cfg.node.max_associations]),
+    ]
+
+
+def _tune(server: CountingServer, spool: Spool, ledger: Ledger, state: ReceiverState) -> None:
+    netfast.tune_server(server)
+    # C-STORE requests of this server's associations bypass pynetdicom's DIMSE layer.
+    server.store_function = functools.partial(  # type: ignore[attr-defined]
+        store_instance, spool=spool, ledger=ledger, state=state)
+
+
 def make_server(cfg: Config, spool: Spool, ledger: Ledger, state: ReceiverState | None = None, *,
                 tuned: bool = True, ae: AE | None = None, port: int | None = None,
-                plain: bool = False) -> ThreadedAssociationServer:
+                plain: bool = False) -> CountingServer:
     """Start a non-blocking C-STORE/C-ECHO server; stop it with ``server.shutdown()``.
 
     It listens on ``port`` (default ``node.port``) and speaks TLS only when ``node.tls`` is set,
@@ -70,25 +106,34 @@ def make_server(cfg: Config, spool: Spool, ledger: Ledger, state: ReceiverState 
     state = state or ReceiverState(cfg.node.min_free_disk_gb)
     if state.recorder is None:
         state.recorder = GroupRecorder(ledger, state.lock)
-    handlers = [
-        (evt.EVT_C_STORE, handle_store, [spool, ledger, state]),
-        (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_ACCEPTED, handle_accepted, [ledger, state]),
-        (evt.EVT_CONN_CLOSE, handle_closed, [ledger, state]),
-        (evt.EVT_REJECTED, handle_rejected, [list(cfg.node.allowed_calling_aets), cfg.node.max_associations]),
-    ]
+    handlers = server_handlers(cfg, spool, ledger, state)
     ae = ae or make_ae(cfg)
     address = (cfg.node.bind, cfg.node.port if port is None else port)
     tls = None if plain else cfg.node.tls
     if tls is None:
-        server = ae.start_server(address, block=False, evt_handlers=handlers)
+        server = start_server(ae, address, handlers)
     else:
         server = start_tls_server(ae, address, handlers, server_context(tls), cfg.node.acse_timeout_s)
     if tuned:
-        netfast.tune_server(server)
-        # C-STORE requests of this server's associations bypass pynetdicom's DIMSE layer.
-        server.store_function = functools.partial(  # type: ignore[attr-defined]
-            store_instance, spool=spool, ledger=ledger, state=state)
+        _tune(server, spool, ledger, state)
+    return server
+
+
+def make_handed_server(cfg: Config, spool: Spool, ledger: Ledger, state: ReceiverState, ae: AE, *,
+                       tls: bool) -> CountingServer:
+    """A tuned server for connections accepted by another process (:mod:`dicom_node.receive_helper`);
+    ``tls``: they came to the TLS port, and the handshake is this server's to do."""
+    state.recorder = state.recorder or GroupRecorder(ledger, state.lock)
+    handlers = server_handlers(cfg, spool, ledger, state)
+    address = (cfg.node.bind, cfg.node.port)
+    if tls:
+        assert cfg.node.tls is not None
+        server_class = type("HandedTlsServer", (TlsAssociationServer, HandedServer), {})
+        server = ae.make_server(address, evt_handlers=handlers, server_class=server_class,
+                                ssl_context=server_context(cfg.node.tls), handshake_timeout=cfg.node.acse_timeout_s)
+    else:
+        server = ae.make_server(address, evt_handlers=handlers, server_class=HandedServer)
+    _tune(server, spool, ledger, state)
     return server
 
 
@@ -115,13 +160,15 @@ def rescan(spool: Spool, ledger: Ledger) -> int:
 class Receiver:
     """A running receiver: the server, its spool and its state."""
 
-    server: ThreadedAssociationServer
+    server: CountingServer
     spool: Spool
     state: ReceiverState
     #: The unencrypted listener beside a TLS one (``node.plain_port``), if configured.
-    plain_server: ThreadedAssociationServer | None = None
+    plain_server: CountingServer | None = None
     #: Moves journalled instances into the spool; None when the receiver writes them directly.
     mover: JournalMover | None = None
+    #: Helper receive processes (``node.receive_processes`` above 1).
+    pool: ReceivePool | None = None
 
     @property
     def port(self) -> int:
@@ -131,12 +178,16 @@ class Receiver:
         snapshot = self.state.snapshot()
         if self.mover is not None:
             snapshot.update(self.mover.status())
+        if self.pool is not None:
+            snapshot.update(self.pool.status())
         return snapshot
 
     def shutdown(self) -> None:
         self.server.shutdown()
         if self.plain_server is not None:
             self.plain_server.shutdown()
+        if self.pool is not None:
+            self.pool.stop()  # the helpers' associations end before the journal's last move
         if self.mover is not None:
             self.mover.stop()  # every acknowledged instance into the spool and the ledger
 
@@ -196,7 +247,16 @@ def start_receiver(cfg: Config, ledger: Ledger, spool: Spool | None = None,
             if listener is not None:
                 # A released association's instances are all in the spool and the ledger (tuned servers).
                 listener.before_release = lambda: journal.wait_moved(MOVER_WAIT_S)  # type: ignore[attr-defined]
+    pool = None
+    if tuned and cfg.node.receive_processes > 1:
+        pool = ReceivePool(cfg, state, mover.journal if mover is not None else None)
+        state.remote_open = ae.others = pool.remote_open  # type: ignore[method-assign]
+        pool.attach(server, tls=cfg.node.tls is not None)
+        if plain is not None:
+            pool.attach(plain, tls=False)
+        pool.start()
     logger.info("receiver listening", extra={"ae_title": cfg.node.ae_title, "bind": cfg.node.bind,
-                                             "port": server.server_address[1], "tls": cfg.node.tls is not None})
-    return Receiver(server=server, spool=spool, state=state, plain_server=plain, mover=mover)
+                                             "port": server.server_address[1], "tls": cfg.node.tls is not None,
+                                             "receive_processes": cfg.node.receive_processes if tuned else 1})
+    return Receiver(server=server, spool=spool, state=state, plain_server=plain, mover=mover, pool=pool)
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import threading
 from typing import Any
 
 from pynetdicom import AE
-from pynetdicom.transport import ThreadedAssociationServer
-from pynetdicom.utils import make_target
+
+from dicom_node.counting_server import CountingServer, start_server
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +50,8 @@ def explain_refused(exc: BaseException, timeout: float) -> str:
     return f"connection lost during the TLS handshake: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
 
 
-class TlsAssociationServer(ThreadedAssociationServer):
-    """``ThreadedAssociationServer`` that runs each TLS handshake in the connection's thread.
+class TlsAssociationServer(CountingServer):
+    """:class:`CountingServer` that runs each TLS handshake in the connection's thread.
 
     Parameters
     ----------
@@ -61,10 +60,6 @@ class TlsAssociationServer(ThreadedAssociationServer):
     handshake_timeout:
         Seconds a client has to complete the handshake.
     """
-
-    # Shutting down must not wait for handshakes still pending (up to handshake_timeout each).
-    block_on_close = False
-    daemon_threads = True
 
     def __init__(self, *args: Any, handshake_timeout: float, **kwargs: Any) -> None:
         self.handshake_timeout = handshake_timeout
@@ -98,10 +93,8 @@ class TlsAssociationServer(ThreadedAssociationServer):
 
 def start_tls_server(ae: AE, address: tuple[str, int], handlers: list[Any], context: ssl.SSLContext,
                      handshake_timeout: float) -> TlsAssociationServer:
-    """What ``ae.start_server(address, block=False, ...)`` does, with :class:`TlsAssociationServer`
-    (pynetdicom 3.0.4 offers no way to choose the server class there)."""
-    server = ae.make_server(address, ssl_context=context, evt_handlers=handlers, server_class=TlsAssociationServer,
-                            handshake_timeout=handshake_timeout)
-    threading.Thread(target=make_target(server.serve_forever), name=f"TlsAcceptor@{address[1]}", daemon=True).start()
-    ae._servers.append(server)  # as start_server does: server.shutdown() removes it from there
+    """Start a :class:`TlsAssociationServer` on ``address`` (non-blocking)."""
+    server = start_server(ae, address, handlers, TlsAssociationServer, ssl_context=context,
+                          handshake_timeout=handshake_timeout)
+    assert isinstance(server, TlsAssociationServer)
     return server
