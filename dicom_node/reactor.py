@@ -115,10 +115,10 @@ class EventDUL(DULServiceProvider):
         except (OSError, TimeoutError) as exc:
             _DUL_LOG.error("Connection closed before the entire PDU was received")
             _DUL_LOG.exception(exc)
-            self.event_queue.put("Evt17")
+            self._transport_closed()
             return
         if outcome == "closed":
-            self.event_queue.put("Evt17")
+            self._transport_closed()
             return
         if outcome == "unknown":
             _DUL_LOG.error(f"Unknown PDU type received '0x{pdu:02X}'")
@@ -126,7 +126,7 @@ class EventDUL(DULServiceProvider):
             return
         if outcome == "short":
             _DUL_LOG.error(f"The received PDU is shorter than expected ({pdu[0]} of {pdu[1]} bytes received)")
-            self.event_queue.put("Evt17")
+            self._transport_closed()
             return
         if self._deliver_p_data(pdu):
             return
@@ -139,6 +139,14 @@ class EventDUL(DULServiceProvider):
             self.event_queue.put("Evt19")
             return
         self._recv_pdu.put(decoded)
+
+    def _transport_closed(self) -> None:
+        self.event_queue.put("Evt17")
+        if self.state_machine.current_state == "Sta2":
+            # Closed before an A-ASSOCIATE-RQ came (a port check, a scanner giving up): pynetdicom's
+            # acceptor would wait node.acse_timeout_s for one, its connection counted as open
+            # (and towards node.max_associations) all that time. None ends that wait now.
+            self.to_user_queue.put(None)
 
     def _deliver_p_data(self, pdu: bytearray) -> bool:
         """Hand a P-DATA-TF PDU of an established association straight to the DIMSE layer.

@@ -2,12 +2,13 @@
 timers, while echo, store, release and abort are still answered at once."""
 from __future__ import annotations
 
+import socket
 import statistics
 import time
 from typing import Any
 
 import pytest
-from pynetdicom import AE
+from pynetdicom import AE, build_context
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.sop_class import Verification
 
@@ -83,3 +84,20 @@ def test_an_abort_ends_the_association_threads(receiver: Receiver) -> None:
         time.sleep(0.01)
     assert not receiver.state.assoc_ids, "the aborted association was never closed"
     assert not receiver.server.active_associations
+
+
+@pytest.mark.parametrize("sent", [b"", b"\x01\x00\x00\x00"], ids=["nothing", "half a PDU header"])
+def test_a_connection_closed_before_its_association_request_ends_at_once(receiver: Receiver, sent: bytes) -> None:
+    """A port check, or a peer giving up before its A-ASSOCIATE-RQ, holds no connection slot for
+    node.acse_timeout_s (30 s here)."""
+    assert receiver.server.ae.acse_timeout == 30
+    with socket.create_connection(("127.0.0.1", receiver.port)) as peer:
+        peer.sendall(sent)
+    started = time.monotonic()
+    time.sleep(0.05)
+    while receiver.server.connections and time.monotonic() - started < 10:
+        time.sleep(0.01)
+    assert receiver.server.connections == 0 and time.monotonic() - started < 2
+    assoc = AE().associate("127.0.0.1", receiver.port, ae_title="DURAL_AI", contexts=[build_context(Verification)])
+    assert assoc.is_established and receiver.server.connections == 1
+    assoc.release()
