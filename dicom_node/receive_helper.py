@@ -10,7 +10,7 @@ Everything the node reports about receiving goes back to it as a message: the ca
 :mod:`dicom_node.observability.events`, each released association, and the end of every
 connection, from which the node counts who holds how many. Told to stop, or when the node's end
 of the socket closes, it aborts its associations after the instance each has in hand, waits for
-their threads and exits, leaving nothing half-written.
+their threads and exits, leaving nothing half-written; SIGTERM does the same.
 """
 from __future__ import annotations
 
@@ -89,9 +89,10 @@ def run(cfg: Config, index: int, sock: socket.socket, log_level: str, debug: boo
     setup_logging(log_level, debug)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_Tag(index))
-    # The node's process stops the helpers itself; a terminal's Ctrl-C reaches the whole group.
+    # A terminal's Ctrl-C reaches the whole process group; the node's process stops its helpers.
+    # SIGTERM (systemd stopping the service, multiprocessing at the node's exit) stops this one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _raise_stop)
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     channel = _Channel(sock)
     channel.relay_events()
@@ -106,28 +107,45 @@ def run(cfg: Config, index: int, sock: socket.socket, log_level: str, debug: boo
     for server in servers.values():
         server.on_connection_end = lambda: channel.send("ended")
     channel.send("ready")
-    logger.info("receive process ready", extra={"receive_process": index})
+    logger.info("receive process ready")  # _Tag adds receive_process=N
+    try:
+        _serve(sock, servers)
+    except _Stop:
+        pass
+    _drain(ae, list(servers.values()))
+    logger.info("receive process stopped")
+
+
+class _Stop(Exception):
+    """SIGTERM arrived."""
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise _Stop
+
+
+def _serve(sock: socket.socket, servers: dict[bool, CountingServer]) -> None:
+    """Serve handed connections until told to stop or the node's end closes."""
     while True:
         try:
             data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 1)
         except OSError:
             data, fds = b"", []
         if not data:
-            break  # the node's end closed
+            return  # the node's end closed
         kind, *args = pickle.loads(data)
         if kind == "stop":
-            break
+            return
         tls, address = args
         conn = socket.socket(fileno=fds[0])
         server = servers[tls]
         if tls:
             conn = server.ssl_context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         server.process_request(conn, address)
-    _drain(ae, list(servers.values()))
-    logger.info("receive process stopped", extra={"receive_process": index})
 
 
 def _drain(ae: Any, servers: list[CountingServer]) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # already stopping
     for assoc in ae.active_associations:
         assoc.abort()
     deadline = time.monotonic() + DRAIN_TIMEOUT_S

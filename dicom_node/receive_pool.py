@@ -17,8 +17,9 @@ back over the same socket: metrics and audit records (:mod:`dicom_node.observabi
 the ``dicom-node status`` counters, and each released association, which wakes the assembler.
 ``node.max_associations`` counts the connections of all processes together.
 
-A helper that exits unexpectedly is logged and started again; its open associations are lost
-to their senders (no Success was sent for anything not on disk), which retry.
+A helper that dies is logged and started again; its open associations are lost to their
+senders (no Success was sent for anything not on disk), which retry. One that stopped cleanly
+on SIGTERM (systemd stopping the service signals every process of it) is not restarted.
 """
 from __future__ import annotations
 
@@ -178,11 +179,16 @@ class ReceivePool:
         helper.alive, helper.ready = False, False
         with self._lock:
             helper.open = 0
-        if not self._stopping:
-            helper.process.join(5)
-            logger.error("receive process exited; its open associations were lost and their senders retry",
-                         extra={"receive_process": helper.index, "exit_code": helper.process.exitcode})
-            self._restart(helper)
+        if self._stopping:
+            return
+        helper.process.join(5)
+        if helper.process.exitcode == 0:
+            # It drained and stopped on SIGTERM: systemd stopping the service signals every process.
+            logger.info("receive process stopped on SIGTERM", extra={"receive_process": helper.index})
+            return
+        logger.error("receive process exited; its open associations were lost and their senders retry",
+                     extra={"receive_process": helper.index, "exit_code": helper.process.exitcode})
+        self._restart(helper)
 
     def _ended(self, helper: _Helper) -> None:
         with self._lock:

@@ -49,6 +49,9 @@ def render(doc: dict[str, Any]) -> str:
     refusal = "ACTIVE: refusing instances (0xA700)" if rx["low_disk_refusal"] else "off"
     lines += [f"receiver: {rx['instances']} instances, last at {rx['last_instance_at']}, "
               f"{rx['open_associations']} association(s) open",
+              *([f"receive processes: {rx['receive_processes']} running (helpers' open connections: "
+                 f"{rx.get('receive_process_connections')}; restarted {rx.get('receive_process_restarts') or 0} time(s))"]
+                if rx.get("receive_processes") and node["running"] else []),
               f"disk: {rx['disk_free_gb']} GB free (min {rx['min_free_disk_gb']} GB); low-disk refusal {refusal}",
               *([f"receive journal: {rx.get('journal_unmoved') or 0} instance(s) not yet in spool/"
                  + (f"; PROBLEM copying them: {rx['journal_error']}" if rx.get("journal_error") else "")]

@@ -25,6 +25,7 @@ from dicom_node.config import parse_config
 from dicom_node.names import NODE_STATE_FILE
 from dicom_node.receive_handlers import ReceiverState
 from dicom_node.receive_pool import ReceivePool, _Helper
+from tests.dicom_node.conftest import EXE
 from tests.dicom_node.test_tls_node import node_tls, run, stored_series, wait_log
 from tests.tls_pki import Pki, make_pki
 
@@ -111,6 +112,8 @@ def test_a_concurrent_association_is_served_by_the_helper(node_factory, series_f
     # The helper's receptions are counted in the node's status and its audit trail.
     receiver = _state(node, 8)["receiver"]
     assert receiver["stored"] == 8 and receiver["receive_processes"] == 2, receiver
+    status = run([str(EXE), "--config", str(node.config), "status"])
+    assert "receive processes: 2 running (helpers' open connections: [0]; restarted 0 time(s))" in status.stdout
     audit = "".join(p.read_text() for p in (node.data_dir / "audit").glob("*.jsonl"))
     received = [json.loads(line) for line in audit.splitlines() if '"series_received"' in line]
     assert sorted(r["instances"] for r in received) == [4, 4]
@@ -183,6 +186,23 @@ def test_a_helper_that_dies_is_replaced_and_the_node_keeps_receiving(node_factor
     assert _served_by(node, "AGAIN") == "1"
     held.release()
     assert node.alive()
+
+
+def test_a_helper_stopped_with_sigterm_ends_its_association_and_stays_stopped(node_factory) -> None:  # type: ignore[no-untyped-def]
+    node = node_factory(receive_processes=2)
+    _ready(node)
+    (pid,) = _helper_pids(node)
+    held = _associate(node.port, "HOLDER")
+    ended = _associate(node.port, "ENDED")
+    assert _served_by(node, "ENDED") == "1"
+    os.kill(pid, signal.SIGTERM)
+    wait_log(node, 'msg="receive process stopped on SIGTERM"')
+    assert 'msg="receive process exited' not in node.log()
+    assert not ended.is_established and _helper_pids(node) == []
+    served_here = _associate(node.port, "HERE")
+    assert served_here.send_c_echo().Status == 0 and _served_by(node, "HERE") is None
+    served_here.release()
+    held.release()
 
 
 def test_sigterm_ends_the_helpers_associations_and_leaves_nothing_half_written(node_factory,  # type: ignore[no-untyped-def]
