@@ -3,8 +3,10 @@ whether the node's memory stays flat), then thin-slice series of growing length 
 fresh worker each (time per slice, worker peak memory).
 
 Real parts on 127.0.0.1 (``tests/loadrun.py``): redis-server, ``dicom-node serve`` with a Redis
-broker and one ``dicom-node worker --pool solo``; the shipped model on the CPU. Node memory is its
-VmRSS sampled every 0.1 s; worker memory its VmHWM (peak) after the job.
+broker and ``node.receive_processes: 2`` as in the shipped ``config.yaml``, and one
+``dicom-node worker --pool solo``; the shipped model on the CPU. Node memory is the VmRSS of its
+process and its helper receive process together, sampled every 0.1 s; worker memory its VmHWM
+(peak) after the job.
 
 Usage: ``python bench/load.py [--associations 20] [--slices 40] [--size 512] [--rounds 2]
 [--thin 150,300,600] [--thin-size 512] [--json bench/results/load.json]``; ``--rounds 0`` or

@@ -10,14 +10,15 @@ dcmtk's Nagle stalls do not distort either side) to
   journal mover's work too;
 * dcmtk ``storescp --fork`` (``TCP_NODELAY=1``), writing plain files, no fsync.
 
-``--receiver`` picks the node's receive path: ``tuned`` (the default, as shipped: the receive
-journal, :mod:`dicom_node.journal`, while one association is open and direct spool writes while
-several are, with pynetdicom patched by :mod:`dicom_node.netfast` and C-STORE requests taken by
-:mod:`dicom_node.store_path`), ``direct`` (the same without the journal: each instance's spool
-file and folder fsynced and its ledger row committed before the acknowledgement) or ``stock``
-(pynetdicom as released, its own DIMSE layer, journal on) or ``processes`` (as shipped, with
-``node.receive_processes: 2``, :mod:`dicom_node.receive_pool`: concurrent associations spread
-over the node's process and a helper); give it several times to measure several.
+``--receiver`` picks the node's receive path: ``processes`` (as in the shipped ``config.yaml``:
+``node.receive_processes: 2``, :mod:`dicom_node.receive_pool`, concurrent associations spread
+over the node's process and a helper), ``tuned`` (one receive process: the receive journal,
+:mod:`dicom_node.journal`, while one association is open and direct spool writes while several
+are, with pynetdicom patched by :mod:`dicom_node.netfast` and C-STORE requests taken by
+:mod:`dicom_node.store_path`), ``direct`` (one process without the journal: each instance's
+spool file and folder fsynced and its ledger row committed before the acknowledgement) or
+``stock`` (pynetdicom as released, its own DIMSE layer, journal on); give it several times to
+measure several (default: ``processes`` and ``tuned``).
 
 Cases: one association with 200 slices (512x512 CT, 526 kB each) and 8 concurrent associations
 sharing those 200 slices (8 senders x 25 slices). Each case runs ``--repeats`` times per
@@ -33,7 +34,7 @@ single segment of a new installation instead, so that its first burst also write
 new segments. ``--diagnose-fsync`` adds the node with ``os.fsync`` and ``os.fdatasync`` made no-ops
 (diagnostic only: what the receive path costs without the disk's flush latency).
 
-    .venv/bin/python bench/receive.py [--repeats 3] [--receiver tuned --receiver direct]
+    .venv/bin/python bench/receive.py [--repeats 3] [--receiver processes --receiver tuned]
                                       [--json bench/results/receive.json]
 """
 from __future__ import annotations
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--receiver", action="append", choices=["tuned", "direct", "stock", "processes"],
-                        help="the node's receive path; repeat to measure several (default: tuned)")
+                        help="the node's receive path; repeat to measure several (default: processes, tuned)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dural-bench-receive",
                         help="series cache and receiver folders (same disk as a real data_dir)")
     parser.add_argument("--receive-processes", type=int, default=2,
@@ -234,15 +235,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run the node with os.fsync and os.fdatasync disabled (diagnostic column, "
                              "never a setting)")
     args = parser.parse_args(argv)
-    receivers = list(dict.fromkeys(args.receiver or ["tuned"]))
+    receivers = list(dict.fromkeys(args.receiver or ["processes", "tuned"]))
     args.work.mkdir(parents=True, exist_ok=True)
     dirs = make_series(args.work)
     load_start = os.getloadavg()
     nodes = ["node" if r == "tuned" else f"node-{r}" for r in receivers]
     kinds = nodes + ["dcmtk"] + (["node-nofsync"] if args.diagnose_fsync else [])
-    label = {"node": "node (as shipped)", "node-stock": "node (stock pynetdicom)", "dcmtk": "dcmtk storescp",
+    label = {"node": "node (one receive process)", "node-stock": "node (stock pynetdicom)", "dcmtk": "dcmtk storescp",
              "node-direct": "node (direct spool writes only)",
-             "node-processes": f"node (receive_processes: {args.receive_processes})", "node-nofsync": "node, flushes disabled (diagnostic)"}
+             "node-processes": f"node (receive_processes: {args.receive_processes}"
+                               + (", as shipped)" if args.receive_processes == 2 else ")"), "node-nofsync": "node, flushes disabled (diagnostic)"}
     times: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
     loads: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
     cpu_ms: dict[str, dict[str, list[list[float]]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
@@ -312,9 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps({
         "benchmark": "receive", "sender": "dcmtk storescu, TCP_NODELAY=1", "repeats": args.repeats,
         "statistic": "median wall time, first sender start to last sender exit",
-        "node": "dicom-node serve (as shipped: the receive journal while one association is open, fdatasync "
-                "before each acknowledgement, group commit; direct spool writes while several are; direct only: "
-                "fsync file + folder and ledger commit per instance)",
+        "node": "dicom-node serve (the receive journal while one association is open, fdatasync before each "
+                "acknowledgement, group commit; direct spool writes while several are, in the node's process and, "
+                "with receive_processes above 1, its helpers; direct only: fsync file + folder and ledger commit "
+                "per instance)",
         "receivers": {k: label[k] for k in kinds},
         "dcmtk": "storescp --fork, TCP_NODELAY=1, no fsync", "machine": platform.node(),
         "processor": _cpu_model(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),

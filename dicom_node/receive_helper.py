@@ -30,22 +30,14 @@ from dicom_node.ledger import Ledger
 from dicom_node.logs import setup_logging
 from dicom_node.names import LEDGER_FILE
 from dicom_node.observability import events as observed
+from dicom_node.receive_handlers import ReceiverState
+from dicom_node.receive_server import make_ae, make_handed_server
 from dicom_node.spool import Spool
 
 logger = logging.getLogger(__name__)
 
 #: Seconds a stopping helper waits for its associations' threads after aborting them.
 DRAIN_TIMEOUT_S = 10.0
-
-
-class HandedServer(CountingServer):
-    """A server that serves connections accepted elsewhere: it binds and listens to nothing."""
-
-    def server_bind(self) -> None:
-        pass
-
-    def server_activate(self) -> None:
-        pass
 
 
 class _Tag(logging.Filter):
@@ -83,9 +75,6 @@ class _Channel:
 
 def run(cfg: Config, index: int, sock: socket.socket, log_level: str, debug: bool) -> None:
     """The helper's main function (``multiprocessing`` spawn target)."""
-    from dicom_node.scp import make_ae, make_handed_server  # pynetdicom only where a receiver runs
-    from dicom_node.receive_handlers import ReceiverState
-
     setup_logging(log_level, debug)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_Tag(index))

@@ -35,6 +35,15 @@ def rss_kib(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
+def _child_of(stat: Path, parent: int) -> bool:
+    """Whether ``/proc/<pid>/stat`` is a process ``parent`` started with multiprocessing's spawn."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]) == parent and b"spawn_main" in (stat.parent / "cmdline").read_bytes()
+    except (OSError, IndexError, ValueError):
+        return False
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
@@ -68,15 +77,17 @@ class Long:
 
 
 class LoadStack:
-    """redis-server, the node and one solo-pool worker sharing ``root/var``."""
+    """redis-server, the node (``receive_processes`` as in the shipped ``config.yaml``) and one
+    solo-pool worker sharing ``root/var``."""
 
-    def __init__(self, root: Path, weights: Path | None = None) -> None:
+    def __init__(self, root: Path, weights: Path | None = None, receive_processes: int = 2) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port, redis_port = free_port(), free_port()
         self.data_dir = root / "var"
         config = {"node": {"ae_title": "DURAL_AI", "bind": "127.0.0.1", "port": self.port, "data_dir": str(self.data_dir),
-                           "min_free_disk_gb": 0, "max_associations": 32},
+                           "min_free_disk_gb": 0, "max_associations": 32,
+                           "receive_processes": receive_processes},
                   "http": {"enabled": False}, "series": {"quiet_seconds": 5},
                   "queue": {"broker_url": f"redis://127.0.0.1:{redis_port}/0"},
                   "model": {"device": "cpu", "threads": 2, **({"weights": str(weights)} if weights else {})},
@@ -87,7 +98,8 @@ class LoadStack:
         self._start("redis", [shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind",
                               "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(root)])
         self._start("node", [str(BIN / "dicom-node"), "--config", str(self.config), "serve"])
-        wait_for(lambda: 'msg="dicom-node serving"' in self.log("node"), 60, "the node")
+        wait_for(lambda: self.log("node").count('msg="receive process ready"') == receive_processes - 1
+                 and 'msg="dicom-node serving"' in self.log("node"), 60, "the node and its receive processes")
         self.start_worker()
         self.ledger = Ledger(self.data_dir / "ledger.sqlite3")
 
@@ -127,7 +139,11 @@ class LoadStack:
         self.ledger.close()
 
     def node_rss(self) -> tuple[int, int]:
-        return rss_kib(self.procs["node"].pid)
+        """RSS and peak RSS of the node's process and its helper receive processes, summed."""
+        node = self.procs["node"].pid
+        pids = [node] + [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat") if _child_of(p, node)]
+        sizes = [rss_kib(pid) for pid in pids]
+        return sum(rss for rss, _ in sizes), sum(peak for _, peak in sizes)
 
     def done(self, series_uids: set[str]) -> bool:
         states = {j.series_uid: j.state for j in self.ledger.jobs() if j.series_uid in series_uids}

@@ -11,14 +11,13 @@ import re
 import signal
 import socket
 import ssl
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
-from pynetdicom import AE, build_context
+from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from dicom_node.config import parse_config
