@@ -23,8 +23,9 @@ job is; on start the receiver closes the dead run's associations and records spo
 ledger missed, the assembler re-decides ``received`` jobs, and the submitter resubmits
 ``complete`` jobs and checks ``queued``/``running`` ones for lost tasks.
 
-Signals: SIGTERM/SIGINT stop the receiver first (no new instances), let the loop finish the pass
-it is in, then stop the HTTP endpoint and record the stop in the state file.
+Signals: SIGTERM/SIGINT stop the receiver first (no new associations; open ones get
+``receive_server.DRAIN_GRACE_S`` to finish, then are aborted), let the loop finish the pass it is
+in, then stop the HTTP endpoint and record the stop in the state file.
 """
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ and folder flushed) and recorded in the ledger before Success, by the handlers t
 Everything the node reports about receiving goes back to it as a message: the calls to
 :mod:`dicom_node.observability.events`, each released association, and the end of every
 connection, from which the node counts who holds how many. Told to stop, or when the node's end
-of the socket closes, it aborts its associations after the instance each has in hand, waits for
-their threads and exits, leaving nothing half-written; SIGTERM does the same.
+of the socket closes, it gives its associations the node's grace to finish, aborts the rest after
+the instance each has in hand (:func:`dicom_node.receive_server.end_associations`) and exits,
+leaving nothing half-written; SIGTERM does the same.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import pickle
 import signal
 import socket
 import threading
-import time
 from typing import Any
 
 import pydicom
@@ -31,14 +31,10 @@ from dicom_node.logs import setup_logging
 from dicom_node.names import LEDGER_FILE
 from dicom_node.observability import events as observed
 from dicom_node.receive_handlers import ReceiverState
-from dicom_node.receive_server import make_ae, make_handed_server
+from dicom_node.receive_server import end_associations, make_ae, make_handed_server
 from dicom_node.spool import Spool
 
 logger = logging.getLogger(__name__)
-
-#: Seconds a stopping helper waits for its associations' threads after aborting them.
-DRAIN_TIMEOUT_S = 10.0
-
 
 class _Tag(logging.Filter):
     """Marks the helper's log lines with its number (``receive_process=N``)."""
@@ -101,7 +97,7 @@ def run(cfg: Config, index: int, sock: socket.socket, log_level: str, debug: boo
         _serve(sock, servers)
     except _Stop:
         pass
-    _drain(ae, list(servers.values()))
+    _drain(list(servers.values()))
     logger.info("receive process stopped")
 
 
@@ -133,12 +129,8 @@ def _serve(sock: socket.socket, servers: dict[bool, CountingServer]) -> None:
         server.process_request(conn, address)
 
 
-def _drain(ae: Any, servers: list[CountingServer]) -> None:
+def _drain(servers: list[CountingServer]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # already stopping
-    for assoc in ae.active_associations:
-        assoc.abort()
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while any(server.connections for server in servers) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    end_associations(servers[0].ae)
     for server in servers:
         server.server_close()

@@ -41,8 +41,9 @@ from dicom_node.receive_handlers import MOVER_WAIT_S, ReceiverState
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a stopping helper has to end its associations and exit before it is killed.
-STOP_TIMEOUT_S = 15.0
+#: Seconds a stopping helper has to end its associations and exit before it is killed
+#: (receive_server.DRAIN_GRACE_S + DRAIN_ABORT_WAIT_S, and its start-up if it was starting).
+STOP_TIMEOUT_S = 20.0
 #: A helper that exited is started again at most this often.
 RESTART_INTERVAL_S = 10.0
 
@@ -94,14 +95,20 @@ class ReceivePool:
         self._servers.append(server)
         server.dispatch = lambda request, address: self._dispatch(request, address, tls)
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Tell every helper to end its associations (A-ABORT after the instance in hand) and wait."""
+    def begin_stop(self) -> None:
+        """Tell every helper to end its associations (as the node's process does its own)."""
+        if self._stopping:
+            return
         self._stopping = True
         for helper in self._helpers:
             try:
                 helper.channel.send(pickle.dumps(("stop",)))
             except OSError:
                 pass
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """:meth:`begin_stop`, then wait for every helper to exit (killed after ``timeout``)."""
+        self.begin_stop()
         deadline = time.monotonic() + timeout
         for helper in self._helpers:
             helper.process.join(max(0.0, deadline - time.monotonic()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Any, Callable
 
 from pynetdicom import _config as pynetdicom_config
@@ -25,6 +26,38 @@ from dicom_node.receive_handlers import (ReceiverState, handle_accepted, handle_
 from dicom_node.spool import Spool
 from dicom_node.tls import server_context
 from dicom_node.tls_server import TlsAssociationServer, start_tls_server
+
+
+logger = logging.getLogger(__name__)
+
+#: Seconds open associations get to finish when the receiver stops, before they are aborted.
+DRAIN_GRACE_S = 5.0
+#: Seconds then given to the aborted associations' threads (each finishes the instance in hand).
+DRAIN_ABORT_WAIT_S = 10.0
+
+
+def end_associations(ae: AE, grace_s: float = DRAIN_GRACE_S, wait_s: float = DRAIN_ABORT_WAIT_S) -> int:
+    """Let the associations ``ae`` accepted finish for ``grace_s``, then abort those still open
+    and wait up to ``wait_s`` for their threads. An association thread finishes the instance it
+    is storing (written and recorded, or not at all) before it ends, so nothing is left
+    half-written. Returns how many were aborted."""
+
+    def still_open() -> list[Any]:
+        return [assoc for assoc in ae.active_associations if assoc.is_acceptor]
+
+    deadline = time.monotonic() + grace_s
+    while still_open() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    aborted = still_open()
+    for assoc in aborted:
+        assoc.abort()
+    deadline = time.monotonic() + wait_s
+    while still_open() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if aborted:
+        logger.warning("associations still open when the receiver stopped were aborted; their senders resend",
+                       extra={"count": len(aborted), "grace_s": grace_s})
+    return len(aborted)
 
 
 class HandedServer(CountingServer):

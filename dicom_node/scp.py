@@ -23,7 +23,7 @@ from dicom_node.ledger import Ledger
 from dicom_node.names import JOURNAL_DIR
 from dicom_node.receive_handlers import MOVER_WAIT_S, ReceiverState
 from dicom_node.receive_pool import ReceivePool
-from dicom_node.receive_server import make_ae, make_server
+from dicom_node.receive_server import end_associations, make_ae, make_server
 from dicom_node.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -78,11 +78,16 @@ class Receiver:
         return snapshot
 
     def shutdown(self) -> None:
+        """Stop listening, let open associations finish (or abort them after a grace period, in
+        every receive process at once), then move the journal's last instances into the spool."""
         self.server.shutdown()
         if self.plain_server is not None:
             self.plain_server.shutdown()
         if self.pool is not None:
-            self.pool.stop()  # the helpers' associations end before the journal's last move
+            self.pool.begin_stop()
+        end_associations(self.server.ae)
+        if self.pool is not None:
+            self.pool.stop()
         if self.mover is not None:
             self.mover.stop()  # every acknowledged instance into the spool and the ledger
 
