@@ -5,7 +5,8 @@ dcmtk's Nagle stalls do not distort either side) to
 
 * the node, started as ``dicom-node --config <tmp> serve`` with a fresh data folder per run
   (each instance flushed to disk before its acknowledgement, series assembly running, as in
-  production; no analysis: the broker URL points at a closed port). A sender's association is
+  production, with a Redis broker of its own that no worker consumes: status reports and jobs
+  are queued, nothing is analysed on the benchmark's cores). A sender's association is
   released only once its instances are in the spool and the ledger, so the wall time covers the
   journal mover's work too;
 * dcmtk ``storescp --fork`` (``TCP_NODELAY=1``), writing plain files, no fsync.
@@ -128,13 +129,19 @@ class Receiver:
         self.kind, self.port = kind, free_port()
         self.root = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=work))
         log = open(self.root / "receiver.log", "wb")
+        self.redis: subprocess.Popen | None = None
         if kind.startswith("node"):
-            # Receiving only: series too short to analyse, and a broker nobody listens on, so the
-            # in-process (embedded) worker never competes with the receiver for the CPU.
+            # Receiving only: series too short to analyse, queued to a Redis no worker consumes, so
+            # no analysis competes with the receiver for the CPU (an unreachable broker instead
+            # would make every pass of the node's loop retry and log the submission).
+            redis_port = free_port()
+            self.redis = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(redis_port),
+                                           "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             config = {"node": {"ae_title": "DURAL_AI", "bind": "127.0.0.1", "port": self.port, "data_dir": "var",
                                "min_free_disk_gb": 1, "max_associations": 16},
                       "series": {"quiet_seconds": 3600, "min_slices": 100000},
-                      "queue": {"broker_url": f"redis://127.0.0.1:{free_port()}/0"}, "http": {"enabled": False}}
+                      "queue": {"broker_url": f"redis://127.0.0.1:{redis_port}/0"}, "http": {"enabled": False}}
             helpers = processes - 1 if kind == "node-processes" else 0
             config["node"]["receive_processes"] = helpers + 1
             (self.root / "config.yaml").write_text(yaml.safe_dump(config))
@@ -177,6 +184,9 @@ class Receiver:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(30)
+        if self.redis is not None:
+            self.redis.kill()
+            self.redis.wait(30)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
