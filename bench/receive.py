@@ -32,8 +32,8 @@ disk at that moment: 526 kB written into a zero-filled file, then ``fdatasync`` 
 Each node starts on a fresh data folder whose receive journal already has the segments a node
 keeps after its first bursts (4 x 32 MiB, zero-filled); ``--cold-journal`` starts it with the
 single segment of a new installation instead, so that its first burst also writes the journal's
-new segments. ``--diagnose-fsync`` adds the node with ``os.fsync`` and ``os.fdatasync`` made no-ops
-(diagnostic only: what the receive path costs without the disk's flush latency).
+new segments. ``--diagnose-fsync`` adds each node receiver again with ``os.fsync`` and ``os.fdatasync`` made
+no-ops (diagnostic only: what the receive path costs without the disk's flush latency).
 
     .venv/bin/python bench/receive.py [--repeats 3] [--receiver processes --receiver tuned]
                                       [--json bench/results/receive.json]
@@ -129,6 +129,7 @@ class Receiver:
         self.kind, self.port = kind, free_port()
         self.root = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=work))
         log = open(self.root / "receiver.log", "wb")
+        env = ENV
         self.redis: subprocess.Popen | None = None
         if kind.startswith("node"):
             # Receiving only: series too short to analyse, queued to a Redis no worker consumes, so
@@ -142,7 +143,7 @@ class Receiver:
                                "min_free_disk_gb": 1, "max_associations": 16},
                       "series": {"quiet_seconds": 3600, "min_slices": 100000},
                       "queue": {"broker_url": f"redis://127.0.0.1:{redis_port}/0"}, "http": {"enabled": False}}
-            helpers = processes - 1 if kind == "node-processes" else 0
+            helpers = processes - 1 if kind.startswith("node-processes") else 0
             config["node"]["receive_processes"] = helpers + 1
             (self.root / "config.yaml").write_text(yaml.safe_dump(config))
             if warm_journal and kind != "node-direct":
@@ -157,17 +158,20 @@ class Receiver:
                 argv = [sys.executable, "-c", "import functools, sys; from dicom_node import scp; "
                         f"scp.start_receiver = functools.partial(scp.start_receiver, {option}); "
                         "from dicom_node.cli import main; sys.exit(main(sys.argv[1:]))", *argv[1:]]
-            elif kind == "node-nofsync":
-                # Diagnostic only: the same node with os.fsync and os.fdatasync no-ops, to show how
-                # much of the node's time is the disk's flush latency rather than the receive path.
-                argv = [sys.executable, "-c", "import os, sys; os.fsync = os.fdatasync = lambda fd: None; "
-                        "from dicom_node.cli import main; sys.exit(main(sys.argv[1:]))", *argv[1:]]
+            elif kind.endswith("-nofsync"):
+                # Diagnostic only: the same node with os.fsync and os.fdatasync no-ops (in every
+                # process: a sitecustomize module on its path), to show how much of its time is
+                # the disk's flush latency rather than the receive path.
+                patch = self.root / "nofsync"
+                patch.mkdir()
+                (patch / "sitecustomize.py").write_text("import os\nos.fsync = os.fdatasync = lambda fd: None\n")
+                env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(patch), ENV.get("PYTHONPATH")]))}
             self.out = self.root / "var" / "spool"
         else:
             self.out = self.root / "out"
             self.out.mkdir()
             argv = [dcmtk("storescp"), "--fork", "--aetitle", "DURAL_AI", "-od", str(self.out), str(self.port)]
-        self.proc = subprocess.Popen(argv, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         wait_port(self.port, self.proc)
         if kind.startswith("node"):
@@ -250,11 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     dirs = make_series(args.work)
     load_start = os.getloadavg()
     nodes = ["node" if r == "tuned" else f"node-{r}" for r in receivers]
-    kinds = nodes + ["dcmtk"] + (["node-nofsync"] if args.diagnose_fsync else [])
+    kinds = nodes + ["dcmtk"] + ([f"{n}-nofsync" for n in nodes if n in ("node", "node-processes")]
+                                 if args.diagnose_fsync else [])
     label = {"node": "node (one receive process)", "node-stock": "node (stock pynetdicom)", "dcmtk": "dcmtk storescp",
              "node-direct": "node (direct spool writes only)",
              "node-processes": f"node (receive_processes: {args.receive_processes}"
-                               + (", as shipped)" if args.receive_processes == 2 else ")"), "node-nofsync": "node, flushes disabled (diagnostic)"}
+                               + (", as shipped)" if args.receive_processes == 2 else ")")}
+    label.update({f"{k}-nofsync": f"{label[k]}, flushes disabled (diagnostic)" for k in ("node", "node-processes")})
     times: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
     loads: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}
     cpu_ms: dict[str, dict[str, list[list[float]]]] = {name: {k: [] for k in kinds} for name, *_ in CASES}

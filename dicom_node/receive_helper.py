@@ -36,6 +36,9 @@ from dicom_node.spool import Spool
 
 logger = logging.getLogger(__name__)
 
+#: Seconds between the servers' housekeeping while no connection arrives (serve_forever's poll).
+SERVICE_INTERVAL_S = 0.5
+
 class _Tag(logging.Filter):
     """Marks the helper's log lines with its number (``receive_process=N``)."""
 
@@ -111,9 +114,16 @@ def _raise_stop(signum: int, frame: Any) -> None:
 
 def _serve(sock: socket.socket, servers: dict[bool, CountingServer]) -> None:
     """Serve handed connections until told to stop or the node's end closes."""
+    # As serve_forever would, pynetdicom's housekeeping runs between connections and every
+    # half second: it collects finished associations' reference cycles now and then.
+    sock.settimeout(SERVICE_INTERVAL_S)
     while True:
+        for server in servers.values():
+            server.service_actions()
         try:
             data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 1)
+        except TimeoutError:
+            continue
         except OSError:
             data, fds = b"", []
         if not data:
