@@ -42,7 +42,8 @@ test: install system-deps
 	$(BIN)/python -m pytest
 
 bench: install system-deps
-	$(BIN)/python bench/receive.py
+	$(BIN)/python bench/receive.py --json bench/results/receive-processes.json
+	$(BIN)/python bench/receive_memory.py
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/e2e.py --json bench/results/e2e.json
 	$(BIN)/python bench/batch.py --json bench/results/batch-latest.json
