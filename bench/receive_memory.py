@@ -4,7 +4,7 @@ Starts ``dicom-node serve`` as ``bench/receive.py`` does (``node.receive_process
 ``--receive-processes``, default 2 as in the shipped ``config.yaml``; Redis broker, no worker),
 then sends ``--rounds`` times the 8-association case of that benchmark (8 dcmtk ``storescu``
 senders x 25 slices of 512 x 512 CT) and records the VmRSS of the node's process and of each
-helper receive process after every round.
+helper receive process after every round (``MALLOC_ARENA_MAX`` from the environment is recorded).
 
     .venv/bin/python bench/receive_memory.py [--rounds 36] [--json bench/results/receive-memory.json]
 """
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "receive_memory", "receive_processes": args.receive_processes,
         "round": "8 concurrent dcmtk storescu associations x 25 slices of 512x512 (the same 200 instances each round)",
         "machine": platform.node(), "processor": receive._cpu_model(), "cpus": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d"), "start": start, "rounds": rounds}, indent=2) + "\n")
+        "date": time.strftime("%Y-%m-%d"), "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
+        "start": start, "rounds": rounds}, indent=2) + "\n")
     return 0
 
 
