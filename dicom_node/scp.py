@@ -154,7 +154,11 @@ def start_receiver(cfg: Config, ledger: Ledger, spool: Spool | None = None,
         pool.attach(server, tls=cfg.node.tls is not None)
         if plain is not None:
             pool.attach(plain, tls=False)
-        pool.start()
+        try:
+            pool.start()
+        except BaseException:
+            Receiver(server=server, spool=spool, state=state, plain_server=plain, mover=mover, pool=pool).shutdown()
+            raise
     logger.info("receiver listening", extra={"ae_title": cfg.node.ae_title, "bind": cfg.node.bind,
                                              "port": server.server_address[1], "tls": cfg.node.tls is not None,
                                              "receive_processes": cfg.node.receive_processes if tuned else 1})
