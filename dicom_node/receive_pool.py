@@ -215,7 +215,12 @@ class ReceivePool:
         if self._stopping:
             return
         helper.channel.close()
-        replacement = self._spawn(helper.index)
+        try:
+            replacement = self._spawn(helper.index)
+        except Exception:  # noqa: BLE001 - the node goes on receiving in its own process
+            logger.exception("cannot start the receive process again; the node serves every connection itself",
+                             extra={"receive_process": helper.index})
+            return
         self._restarts += 1
         with self._lock:
             self._helpers[self._helpers.index(helper)] = replacement
