@@ -21,8 +21,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
 
 import receive  # noqa: E402
+from tests.loadrun import helper_pids  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -30,19 +32,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return round(int(line.split()[1]) / 1024, 1)
     raise ValueError(f"no VmRSS for {pid}")
-
-
-def helpers(node_pid: int) -> list[int]:
-    """The node's helper receive processes (started with multiprocessing's spawn)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == node_pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return sorted(found)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     node = receive.Receiver(kind, args.work, processes=args.receive_processes)
     rounds = []
     try:
-        pids = helpers(node.proc.pid)
+        pids = helper_pids(node.proc.pid)
         start = {"node_mib": rss_mib(node.proc.pid), "helpers_mib": [rss_mib(p) for p in pids]}
         print(f"start: node {start['node_mib']} MiB, helpers {start['helpers_mib']} MiB", file=sys.stderr)
         for k in range(args.rounds):

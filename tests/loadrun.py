@@ -35,13 +35,18 @@ def rss_kib(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
-def _child_of(stat: Path, parent: int) -> bool:
-    """Whether ``/proc/<pid>/stat`` is a process ``parent`` started with multiprocessing's spawn."""
-    try:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-        return int(fields[1]) == parent and b"spawn_main" in (stat.parent / "cmdline").read_bytes()
-    except (OSError, IndexError, ValueError):
-        return False
+def helper_pids(node_pid: int) -> list[int]:
+    """The node's helper receive processes: its children started by multiprocessing's spawn (not
+    the resource tracker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == node_pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+    return sorted(found)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
@@ -141,7 +146,7 @@ class LoadStack:
     def node_rss(self) -> tuple[int, int]:
         """RSS and peak RSS of the node's process and its helper receive processes, summed."""
         node = self.procs["node"].pid
-        pids = [node] + [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat") if _child_of(p, node)]
+        pids = [node] + helper_pids(node)
         sizes = [rss_kib(pid) for pid in pids]
         return sum(rss for rss, _ in sizes), sum(peak for _, peak in sizes)
 

@@ -26,6 +26,7 @@ from dicom_node.receive_handlers import ReceiverState
 from dicom_node.receive_pool import ReceivePool, _Helper
 from tests.dicom_node.conftest import EXE
 from tests.dicom_node.test_tls_node import node_tls, run, stored_series, wait_log
+from tests.loadrun import helper_pids
 from tests.tls_pki import Pki, make_pki
 
 pytestmark = pytest.mark.network
@@ -42,16 +43,7 @@ def _associate(port: int, title: str, tls: ssl.SSLContext | None = None) -> Any:
 
 
 def _helper_pids(node: Any) -> list[int]:
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # Children of the node started by multiprocessing's spawn (not its resource tracker).
-        if int(fields[1]) == node.proc.pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
-            pids.append(int(stat.parent.name))
-    return pids
+    return helper_pids(node.proc.pid)
 
 
 def _ready(node: Any, count: int = 1) -> None:
