@@ -164,6 +164,7 @@ class _RequestHandler(RequestHandler):
         # Threads are not started yet; the DUL thread's target was bound at construction.
         if type(assoc) is Association and type(assoc.dul) is DULServiceProvider:
             assoc.__class__ = EventAssociation
+            assoc._serving_setup()
             assoc.dul.__class__ = EventDUL
             assoc.dul._wake_setup()
             assoc.dul._target = make_target(assoc.dul.run_reactor)

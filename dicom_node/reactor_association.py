@@ -3,11 +3,14 @@ fixed 1 ms sleep; the DUL side and the reasons are in :mod:`dicom_node.reactor`.
 
 The loop is pynetdicom 3.0.4's ``Association._run_reactor`` line for line except for the wait,
 the receiver's own C-STORE path (:mod:`dicom_node.store_path`), and the order of the release:
-the association counts as released before its answer leaves.
+the association counts as released before its answer leaves. A C-STORE request that arrives
+while this loop has nothing in hand is served by the DUL thread that read it
+(:meth:`EventAssociation.serve_now`); requests are still answered one at a time, in order.
 """
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Callable, cast
 
 from pynetdicom import evt
@@ -30,6 +33,28 @@ class EventAssociation(Association):
     store_assembler: StoreAssembler | None = None
     store_function: StoreFunction | None = None
 
+    def _serving_setup(self) -> None:
+        """Before the threads start (the class is swapped onto pynetdicom's association)."""
+        #: Held while a message is taken from the queue and served, by whichever thread serves it.
+        self._serving = threading.Lock()
+
+    def serve_now(self, request: StoreRequest) -> bool:
+        """Serve ``request`` on the calling (DUL) thread; False, with nothing done, when this
+        association's thread is serving or has messages queued (the request then queues behind
+        them), when pynetdicom has paused the loop, or when it is not established."""
+        if self.store_function is None or not self._reactor_checkpoint.is_set():
+            return False
+        if not self._serving.acquire(blocking=False):
+            return False
+        try:
+            if self.dimse.msg_queue.qsize() or not self.is_established or self._kill:
+                return False
+            # A blocking abort from this thread would wait for this thread to end.
+            serve(self, request, self.store_function, abort=lambda: self.abort(block=False))
+            return True
+        finally:
+            self._serving.release()
+
     def _serve_request(self, msg: Any, context_id: int) -> None:
         if type(msg) is StoreRequest and self.store_function is not None:
             serve(self, msg, self.store_function)
@@ -50,9 +75,10 @@ class EventAssociation(Association):
             self._is_paused = True
             self._reactor_checkpoint.wait()
             self._is_paused = False
-            context_id, msg = self.dimse.get_msg(block=False)
-            if msg:
-                self._serve_request(msg, cast(int, context_id))
+            with self._serving:
+                context_id, msg = self.dimse.get_msg(block=False)
+                if msg:
+                    self._serve_request(msg, cast(int, context_id))
             if self.is_established and self.acse.is_release_requested():
                 if self.before_release is not None:
                     self.before_release()  # the receive journal's instances into the spool first

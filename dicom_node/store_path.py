@@ -9,8 +9,9 @@ and with several associations receiving at once every association thread waits f
 :class:`StoreAssembler` (one per association, fed by the DUL thread) reads the command set
 itself (PS3.7 9.3.1.1: implicit VR little endian, group 0000), keeps the data set fragments as
 views of the received PDUs and joins them once. A complete C-STORE request goes to the
-association thread as a :class:`StoreRequest`, where :func:`serve` calls the receiver's store
-function and answers. Anything else (another command, a command set it cannot read, a context
+association as a :class:`StoreRequest`, and :func:`serve` calls the receiver's store function
+and answers: on the DUL thread itself when the association thread has nothing in hand (the usual
+case: a sender waits for each answer before its next request), else on the association thread. Anything else (another command, a command set it cannot read, a context
 it does not know, fragments out of order) is handed to pynetdicom with every value taken so far,
 so pynetdicom sees the message exactly as received and behaves as it always does.
 """
@@ -214,10 +215,11 @@ class StoreAssembler:
         return context_id, _US.unpack(message_id)[0], sop_class, sop_uid, context[1]
 
 
-def serve(assoc: Any, request: StoreRequest, store: StoreFunction) -> None:
-    """Store the instance and answer the request (association thread). When no answer can be
-    built or sent, the association is aborted, as pynetdicom does with a message it cannot
-    handle: the sender then knows the instance was not taken."""
+def serve(assoc: Any, request: StoreRequest, store: StoreFunction,
+          abort: Callable[[], object] | None = None) -> None:
+    """Store the instance and answer the request. When no answer can be built or sent, the
+    association is aborted (``abort``, default ``assoc.abort``), as pynetdicom does with a
+    message it cannot handle: the sender then knows the instance was not taken."""
     try:
         status = store(assoc, request.transfer_syntax, request.sop_class_uid, request.sop_instance_uid,
                        request.data_set)
@@ -230,7 +232,7 @@ def serve(assoc: Any, request: StoreRequest, store: StoreFunction) -> None:
         _answer(assoc, request, status)
     except Exception:  # noqa: BLE001 - never leave the sender waiting for an answer
         logger.exception("cannot answer a C-STORE request; aborting the association")
-        assoc.abort()
+        (abort or assoc.abort)()
 
 
 def _answer(assoc: Any, request: StoreRequest, status: "int | Dataset") -> None:
