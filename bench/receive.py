@@ -51,6 +51,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -196,12 +197,17 @@ class Receiver:
 
 def flush_probe(work: Path, size: int = 526 * 1024, count: int = 50) -> float:
     """Median ms of one journal append on this disk right now: ``size`` bytes written into a
-    zero-filled file, then ``fdatasync``. Every acknowledgement of the node waits for one."""
+    zero-filled file, then ``fdatasync``. Every acknowledgement of the node waits for one.
+
+    The file is created once and kept: creating and deleting 26 MB before every repeat left the
+    file system freeing its blocks during the receiver run that followed."""
     path = work / "flush-probe.bin"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        os.write(fd, bytes(size * count))
-        os.fsync(fd)
+        if os.fstat(fd).st_size != size * count:
+            os.ftruncate(fd, 0)
+            os.write(fd, bytes(size * count))
+            os.fsync(fd)
         data, took = os.urandom(size), []
         for i in range(count):
             started = time.perf_counter()
@@ -210,7 +216,6 @@ def flush_probe(work: Path, size: int = 526 * 1024, count: int = 50) -> float:
             took.append((time.perf_counter() - started) * 1000)
     finally:
         os.close(fd)
-        path.unlink()
     return round(statistics.median(took), 2)
 
 
@@ -219,8 +224,15 @@ def run_case(receiver: Receiver, folders: list[Path], expected: int) -> float:
     senders = [subprocess.Popen([dcmtk("storescu"), "+sd", "-aec", "DURAL_AI", "127.0.0.1", str(receiver.port),
                                  str(folder)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                for folder in folders]
-    codes = [s.wait(600) for s in senders]
-    elapsed = time.perf_counter() - started
+    # Popen.wait() without a timeout blocks in waitpid: with one, it polls at up to 50 ms
+    # intervals, a tenth of a one-association run. A timer stops a sender that hangs.
+    guard = threading.Timer(600, lambda: [s.kill() for s in senders])
+    guard.start()
+    try:
+        codes = [s.wait() for s in senders]
+        elapsed = time.perf_counter() - started
+    finally:
+        guard.cancel()
     if any(codes):
         errors = b"".join(s.stderr.read() for s in senders if s.stderr).decode(errors="replace")[-2000:]
         raise SystemExit(f"storescu failed against {receiver.kind}: {codes}\n{errors}")
