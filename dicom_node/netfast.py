@@ -27,7 +27,7 @@ Where the time went (2-core machine, bench/receive.py; profiled with py-spy and 
 * Each C-STORE-RSP command set was encoded twice by pydicom's generic writer (group length, then
   the message): more GIL time than the whole store handler. :class:`FastDIMSE` writes the six
   elements of a Success response by hand (PS3.7 9.3.1.2, implicit VR little endian) and sends
-  the PDU straight from the association thread instead of queueing it for the DUL thread
+  the PDU straight from the thread that served the request instead of queueing it for the DUL thread
   (0.3-0.6 ms less per instance: one thread hand-over and pynetdicom's state machine);
   failures, other messages and debug logging still go through pynetdicom.
 * Decoding each C-STORE request into pynetdicom's primitives (command set through pydicom, the
@@ -109,7 +109,7 @@ class SharedContexts(list):  # type: ignore[type-arg]
 
 
 class FastDIMSE(DIMSEServiceProvider):
-    """Sends C-STORE-RSP Success hand-encoded from the association thread itself
+    """Sends C-STORE-RSP Success hand-encoded from the thread that served the request
     (:func:`dicom_node.store_path.send_success_now`); everything else as pynetdicom does."""
 
     def send_msg(self, primitive: Any, context_id: int) -> None:

@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 #: ledger yet), and an instance too large for the journal waits for older records to be moved.
 MOVER_WAIT_S = 10.0
 #: Open associations up to which instances go through the receive journal. With more, each is
-#: written straight into the spool (file and folder flushed) by its association's thread: the
+#: written straight into the spool (file and folder flushed) by the thread serving it: the
 #: journal serialises appends, flushes and the mover's copying. With 8 concurrent associations
 #: all journalled, the node received 0.70-0.80x what one association did; written directly,
 #: 0.92-1.15x (docs/benchmarks.md, Receive). A lone association is faster journalled.

@@ -38,8 +38,8 @@ DRAIN_ABORT_WAIT_S = 10.0
 
 def end_associations(ae: AE, grace_s: float = DRAIN_GRACE_S, wait_s: float = DRAIN_ABORT_WAIT_S) -> int:
     """Let the associations ``ae`` accepted finish for ``grace_s``, then abort those still open
-    and wait up to ``wait_s`` for their threads. An association thread finishes the instance it
-    is storing (written and recorded, or not at all) before it ends, so nothing is left
+    and wait up to ``wait_s`` for their threads. The thread storing an instance finishes it
+    (written and recorded, or not at all) before its association ends, so nothing is left
     half-written. Returns how many were aborted."""
 
     def still_open() -> list[Any]:

@@ -11,9 +11,10 @@ itself (PS3.7 9.3.1.1: implicit VR little endian, group 0000), keeps the data se
 views of the received PDUs and joins them once. A complete C-STORE request goes to the
 association as a :class:`StoreRequest`, and :func:`serve` calls the receiver's store function
 and answers: on the DUL thread itself when the association thread has nothing in hand (the usual
-case: a sender waits for each answer before its next request), else on the association thread. Anything else (another command, a command set it cannot read, a context
-it does not know, fragments out of order) is handed to pynetdicom with every value taken so far,
-so pynetdicom sees the message exactly as received and behaves as it always does.
+case: a sender waits for each answer before its next request), else on the association thread.
+Anything else (another command, a command set it cannot read, a context it does not know,
+fragments out of order) is handed to pynetdicom with every value taken so far, so pynetdicom
+sees the message exactly as received and behaves as it always does.
 """
 from __future__ import annotations
 

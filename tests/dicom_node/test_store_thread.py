@@ -57,10 +57,12 @@ def receiver_with(tmp_path: Path, free_port: Callable[[], int], monkeypatch: pyt
     yield start
     for receiver in started:
         receiver.shutdown()
+    _wait_for_association_threads_to_end()
 
 
 @pytest.mark.network
-def test_a_lone_senders_stores_are_served_on_the_thread_that_read_them(receiver_with) -> None:  # type: ignore[no-untyped-def]
+def test_a_lone_senders_stores_are_served_on_the_thread_that_read_them(
+        receiver_with) -> None:  # type: ignore[no-untyped-def]
     threads: list[threading.Thread] = []
 
     def wrap(store: Callable[..., Any]) -> Callable[..., Any]:
@@ -105,14 +107,19 @@ def test_an_answer_that_fails_on_the_reading_thread_aborts_and_the_receiver_goes
     assert second.send_c_store(_instance(study, series)).Status == 0x0000
     second.release()
     # Every association's threads end: nothing waits for the DUL thread that aborted its own.
-    deadline = time.monotonic() + 10
+    assert _wait_for_association_threads_to_end()
+
+
+def _wait_for_association_threads_to_end(timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
     while _association_threads() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _association_threads()
+    return not _association_threads()
 
 
 def _association_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if isinstance(t, DULServiceProvider) or t.name.startswith("AcceptorThread")]
+    return [t for t in threading.enumerate()
+            if isinstance(t, DULServiceProvider) or t.name.startswith("AcceptorThread")]
 
 
 class _Idle:
