@@ -219,20 +219,25 @@ def flush_probe(work: Path, size: int = 526 * 1024, count: int = 50) -> float:
     return round(statistics.median(took), 2)
 
 
+def wait_senders(senders: list[subprocess.Popen], timeout: float = 600) -> list[int]:
+    """The senders' exit codes, each read the moment it exits. ``Popen.wait()`` without a
+    timeout blocks in ``waitpid``; with one, it polls at up to 50 ms intervals, about a tenth of
+    a one-association run. A timer kills senders still running after ``timeout`` seconds."""
+    guard = threading.Timer(timeout, lambda: [s.kill() for s in senders])
+    guard.start()
+    try:
+        return [s.wait() for s in senders]
+    finally:
+        guard.cancel()
+
+
 def run_case(receiver: Receiver, folders: list[Path], expected: int) -> float:
     started = time.perf_counter()
     senders = [subprocess.Popen([dcmtk("storescu"), "+sd", "-aec", "DURAL_AI", "127.0.0.1", str(receiver.port),
                                  str(folder)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                for folder in folders]
-    # Popen.wait() without a timeout blocks in waitpid: with one, it polls at up to 50 ms
-    # intervals, a tenth of a one-association run. A timer stops a sender that hangs.
-    guard = threading.Timer(600, lambda: [s.kill() for s in senders])
-    guard.start()
-    try:
-        codes = [s.wait() for s in senders]
-        elapsed = time.perf_counter() - started
-    finally:
-        guard.cancel()
+    codes = wait_senders(senders)
+    elapsed = time.perf_counter() - started
     if any(codes):
         errors = b"".join(s.stderr.read() for s in senders if s.stderr).decode(errors="replace")[-2000:]
         raise SystemExit(f"storescu failed against {receiver.kind}: {codes}\n{errors}")

@@ -32,7 +32,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.receive import CASES, ENV, NODE_EXE, dcmtk, free_port, make_series, wait_port  # noqa: E402
+from bench.receive import (CASES, ENV, NODE_EXE, dcmtk, free_port, make_series, wait_port,  # noqa: E402
+                           wait_senders)
 from tests.tls_pki import Pki, make_pki  # noqa: E402
 
 
@@ -88,7 +89,7 @@ def run_case(node: Receiver, folders: list[Path], expected: int) -> float:
     started = time.perf_counter()
     senders = [subprocess.Popen(node.sender(folder), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                for folder in folders]
-    codes = [s.wait(600) for s in senders]
+    codes = wait_senders(senders)
     if any(codes):
         errors = b"".join(s.stderr.read() for s in senders if s.stderr).decode(errors="replace")[-2000:]
         raise SystemExit(f"storescu failed against {node.kind} (tls={node.tls}): {codes}\n{errors}")
