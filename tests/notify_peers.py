@@ -91,6 +91,14 @@ class MllpListener:
         sock.sendall(frame(ack("other" if code == "wrong" else control, "AA" if code == "wrong" else code,
                                "test says no" if code in ("AE", "AR") else "")))
 
+    def wait_received(self, count: int, timeout: float = 10.0) -> int:
+        """How many messages were received once ``count`` were, or after ``timeout`` seconds. A
+        message the sender gave up on (no ACK in its timeout) may still be being parsed here."""
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return len(self.received)
+
     def __enter__(self) -> "MllpListener":
         self.thread.start()
         return self

@@ -152,7 +152,7 @@ def test_ris_refusals_and_timeouts_are_retried_then_dead_lettered(tmp_path, seri
         queue_notifications(cfg, ledger, job_id)
         (delivery,) = deliver(cfg, ledger, rounds=4)
         assert delivery.state == DeliveryState.DEAD and delivery.attempts == 3 and error in delivery.last_error
-        assert len(ris.received) == 3
+        assert ris.wait_received(3) == 3
         assert ledger.retry_dead(job_id) == 1  # `dicom-node retry`
         (delivery,) = deliver(cfg, ledger)
     assert delivery.state == DeliveryState.SENT and len(ris.received) == 4
